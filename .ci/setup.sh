@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs everything a bare Debian machine with Python 3.11 lacks, then the project itself.
+# Idempotent: a second run installs nothing new.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
+
+APT_PACKAGES=(
+  openssh-server openssh-client            # real sshd for the deploy tests (127.0.0.1 only)
+  fonts-dejavu-core fonts-liberation2 fonts-freefont-ttf fonts-noto-mono   # synthetic data
+)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# torch first and pinned exactly: an unpinned torch can pull a multi-GB CUDA build.
+python3 -m pip install -q "torch==2.13.0"
+python3 -m pip install -q -e ".[test,dev]"

@@ -1,0 +1,272 @@
+"""The ``recipe`` command.
+
+Exit codes: 0 success; 1 a stage failed or a recipe is invalid (``validate``); 2 bad usage or
+an invalid recipe/profile for the other commands. Configuration problems print one
+``PATH:LINE:COL: error: field: message`` line each and never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _print_config_error(exc: ConfigError) -> None:
+    for diag in exc.diagnostics:
+        print(str(diag), file=sys.stderr)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from .recipe import load_recipe
+
+    return load_recipe(args.recipe, getattr(args, "set", None) or ())
+
+
+# ------------------------------------------------------------------------------- commands
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+
+    status = EXIT_OK
+    for path in args.recipes:
+        try:
+            loaded = load_recipe(path, args.set or ())
+        except ConfigError as exc:
+            _print_config_error(exc)
+            status = EXIT_FAILED
+        else:
+            targets = ", ".join(loaded.recipe.targets)
+            print(f"{path}: ok ({loaded.recipe.name}; targets: {targets})")
+    return status
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .graph import Pipeline
+
+    pipeline = Pipeline(_load(args))
+    rows = pipeline.plan()
+    if args.json:
+        print(json.dumps({"recipe": pipeline.recipe.name, "stages": rows, "not_applicable": pipeline.notices}, indent=2))
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(title=f"plan: {pipeline.recipe.name}  ({pipeline.run_dir})")
+    table.add_column("stage")
+    table.add_column("status")
+    table.add_column("why")
+    for row in rows:
+        style = "yellow" if row["status"] == "run" else "green"
+        table.add_row(row["stage"], f"[{style}]{row['status']}[/]", "; ".join(row["reasons"]))
+    for name, why in pipeline.notices.items():
+        table.add_row(name, "[dim]skipped[/]", why)
+    _console().print(table)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .graph import Pipeline
+
+    pipeline = Pipeline(_load(args))
+    report = pipeline.run(only=args.only or (), force=args.force or ())
+    console = _console()
+    console.print(
+        f"[bold]{pipeline.recipe.name}[/]: {len(report.executed)} executed, "
+        f"{len(report.skipped)} up to date, {len(report.failed)} failed"
+        + (f", {len(report.not_run)} not run" if report.not_run else "")
+        + f"  → {pipeline.run_dir / 'summary.json'}"
+    )
+    for name, why in report.failed.items():
+        console.print(f"[red]  {name}: {why}[/]")
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from .graph import Pipeline
+
+    pipeline = Pipeline(_load(args))
+    rows = pipeline.status()
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return EXIT_OK
+    table = Table(title=f"status: {pipeline.recipe.name}  ({pipeline.run_dir})")
+    for col in ("stage", "done", "seconds", "metrics"):
+        table.add_column(col)
+    for row in rows:
+        metrics = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in list(row["metrics"].items())[:4]
+            if not isinstance(v, dict | list)
+        )
+        secs = f"{row['seconds']:.1f}" if row["seconds"] else ""
+        table.add_row(row["stage"], "✓" if row["done"] else "·", secs, metrics)
+    _console().print(table)
+    return EXIT_OK
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from .graph import Pipeline, run_lock
+
+    pipeline = Pipeline(_load(args))
+    if args.stage:
+        with run_lock(pipeline.run_dir):
+            dropped = pipeline.forget(args.stage)
+            for name in dropped:
+                shutil.rmtree(pipeline.out_dir(pipeline.by_name[name]), ignore_errors=True)
+        print(f"cleaned: {', '.join(dropped)}")
+        return EXIT_OK
+    if pipeline.run_dir.exists():
+        with run_lock(pipeline.run_dir):
+            for child in pipeline.run_dir.iterdir():
+                if child.name == ".lock":
+                    continue
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        shutil.rmtree(pipeline.run_dir, ignore_errors=True)
+    print(f"removed {pipeline.run_dir}")
+    return EXIT_OK
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from .targets import load_profiles
+
+    profiles = load_profiles(args.profiles or ())
+    if args.json:
+        print(json.dumps({n: p.model_dump(mode="json") for n, p in profiles.items()}, indent=2))
+        return EXIT_OK
+    table = Table(title="target profiles")
+    for col in ("name", "arch", "runtime", "precision", "transport", "threads", "description"):
+        table.add_column(col)
+    for name, p in sorted(profiles.items()):
+        table.add_row(name, p.arch, p.runtime, p.precision, p.transport, str(p.threads), p.description)
+    _console().print(table)
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .recipe import recipe_schema
+
+    text = json.dumps(recipe_schema(), indent=2) + "\n"
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .starter import starter_recipe
+
+    path = Path(args.out or f"{args.name}.yaml")
+    if path.exists() and not args.force:
+        print(f"{path}: exists (use --force to overwrite)", file=sys.stderr)
+        return EXIT_USAGE
+    path.write_text(starter_recipe(args.name), encoding="utf-8")
+    print(f"wrote {path}; next: recipe validate {path} && recipe run {path}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recipe", description="Train, compress and ship an OCR model from one YAML recipe."
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def with_recipe(p: argparse.ArgumentParser) -> None:
+        p.add_argument("recipe", help="recipe YAML file")
+        p.add_argument(
+            "--set", action="append", metavar="KEY.PATH=VALUE",
+            help="override a recipe field (value parsed as YAML, validated like the file)",
+        )
+
+    p = sub.add_parser("validate", help="check recipes; exit 1 if any is invalid")
+    p.add_argument("recipes", nargs="+")
+    p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE")
+    p.set_defaults(fn=cmd_validate)
+
+    p = sub.add_parser("plan", help="which stages would run, and why")
+    with_recipe(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_plan)
+
+    p = sub.add_parser("run", help="run every stage that is not up to date")
+    with_recipe(p)
+    p.add_argument("--only", action="append", metavar="STAGE", help="run this stage (and what it needs)")
+    p.add_argument("--force", action="append", metavar="STAGE", help="re-run this stage and its dependants")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("status", help="what each stage last produced")
+    with_recipe(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("clean", help="remove the run directory (or one stage and its dependants)")
+    with_recipe(p)
+    p.add_argument("--stage", action="append", metavar="STAGE")
+    p.set_defaults(fn=cmd_clean)
+
+    p = sub.add_parser("targets", help="list target profiles")
+    p.add_argument("--profiles", action="append", metavar="DIR", help="extra profile directory")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_targets)
+
+    p = sub.add_parser("schema", help="print the recipe JSON Schema")
+    p.add_argument("--out", metavar="FILE")
+    p.set_defaults(fn=cmd_schema)
+
+    p = sub.add_parser("init", help="write a commented starter recipe")
+    p.add_argument("name")
+    p.add_argument("--out", metavar="FILE")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(fn=cmd_init)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .graph import GraphError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_USAGE
+    except GraphError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted; rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

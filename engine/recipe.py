@@ -1,0 +1,432 @@
+"""The recipe language: one YAML file from data to devices.
+
+A recipe is validated by the pydantic models below (unknown keys are errors everywhere), then
+cross-checked against the target profiles. `load_recipe` turns every problem into a positioned
+diagnostic (``PATH:LINE:COL: error: field.path: message``) and reports them all at once; no other
+exception type escapes it for a bad file.
+
+Relative paths in a recipe (dataset dirs, workdir, profile dirs) are resolved against the current
+working directory, like the paths on a command line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+from .config import (
+    ConfigError,
+    Diagnostic,
+    Positions,
+    dotted,
+    load_yaml,
+    read_yaml_file,
+    stable_hash,
+    suggest,
+    to_plain,
+    validate_document,
+)
+
+DEFAULT_CHARSET_SPEC = "0-9A-Za-z -:./%()#+,"
+MODEL_NAMES = ("detector", "recognizer")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_HOST_RE = re.compile(r"^(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9._-]+(?::\d{1,5})?$")
+
+
+class Strict(BaseModel):
+    """Base of every recipe section: unknown keys are errors, assignments re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------- dataset
+
+
+class SyntheticSpec(Strict):
+    """Generate training data instead of reading it (no data set can be downloaded here)."""
+
+    style: Literal["nameplate"] = "nameplate"
+    count: int = Field(400, ge=1, le=1_000_000, description="training images")
+    val_count: int = Field(50, ge=1, le=100_000, description="validation images")
+    seed: int = Field(0, description="train uses seed, val uses a derived seed never used for train")
+    level: Literal["line", "word"] = "line"
+    image_size: tuple[int, int] = Field((640, 480), description="width, height")
+
+
+class DatasetSpec(Strict):
+    format: Literal["icdar2015", "labelimg", "ppocrlabel", "labelstudio", "lines"] = "icdar2015"
+    train: Path | None = Field(None, description="directory of the training split")
+    val: Path | None = Field(None, description="directory of the validation split")
+    labels: str | None = Field(
+        None, description="label file inside the split dir (Label.txt, export.json, lines.txt)"
+    )
+    synthetic: SyntheticSpec | None = None
+    charset: str = Field(DEFAULT_CHARSET_SPEC, min_length=1, description="characters; a-z ranges")
+    on_unknown_char: Literal["error", "skip", "replace"] = "error"
+    on_duplicate: Literal["warn", "error"] = "warn"
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="hash split when `val` is not given")
+    split_seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        if self.synthetic is None and self.train is None:
+            raise ValueError("give either `train` (a directory) or `synthetic` (a generator spec)")
+        if self.synthetic is not None and (self.train is not None or self.val is not None):
+            raise ValueError("`synthetic` generates both splits; remove `train`/`val`")
+        return self
+
+
+# --------------------------------------------------------------------------------- models
+
+
+class DetectorSpec(Strict):
+    arch: Literal["dbnet"] = "dbnet"
+    backbone: Literal["mobilenetv3", "resnet18"] = "mobilenetv3"
+    input_size: int = Field(640, ge=64, le=4096, description="longer image side, multiple of 32")
+    init: str | None = Field("base", description="'base' (shipped weights), a checkpoint path, or null")
+
+    @field_validator("input_size")
+    @classmethod
+    def _multiple_of_32(cls, v: int) -> int:
+        if v % 32:
+            raise ValueError(f"must be a multiple of 32 (got {v}; try {round(v / 32) * 32 or 32})")
+        return v
+
+
+class RecognizerSpec(Strict):
+    arch: Literal["crnn"] = "crnn"
+    sequence: Literal["bilstm", "conv"] = "bilstm"
+    height: Literal[32, 48] = 32
+    max_width: int = Field(320, ge=32, le=2048)
+    init: str | None = Field("base", description="'base' (shipped weights), a checkpoint path, or null")
+
+
+class PostprocessSpec(Strict):
+    """Box extraction and decoding settings: changing them never retrains a model."""
+
+    thresh: float = Field(0.3, gt=0, lt=1, description="probability map binarisation")
+    box_thresh: float = Field(0.6, gt=0, lt=1, description="minimum mean probability of a box")
+    unclip_ratio: float = Field(1.5, gt=0, le=5, description="box expansion after shrinking")
+    min_text_score: float = Field(0.0, ge=0, le=1, description="lines below are dropped")
+
+
+class ModelsSpec(Strict):
+    detector: DetectorSpec = DetectorSpec()
+    recognizer: RecognizerSpec = RecognizerSpec()
+    postprocess: PostprocessSpec = PostprocessSpec()
+
+
+# --------------------------------------------------------------------------------- train
+
+_TRAIN_KNOBS: dict[str, tuple[Any, dict[str, Any]]] = {
+    # name: (type, constraints) -- shared by `train:` and its per-model override sections
+    "epochs": (int, {"ge": 1, "le": 100_000}),
+    "batch_size": (int, {"ge": 1, "le": 4096}),
+    "lr": (float, {"gt": 0, "le": 10}),
+    "min_lr": (float, {"ge": 0, "le": 10}),
+    "warmup_epochs": (float, {"ge": 0}),
+    "schedule": (Literal["cosine", "constant", "step"], {}),
+    "optimizer": (Literal["adam", "adamw", "sgd"], {}),
+    "weight_decay": (float, {"ge": 0, "le": 1}),
+    "grad_clip": (float, {"ge": 0}),
+    "checkpoint_every": (int, {"ge": 1}),
+}
+
+# Per-model defaults; `train:` values override both models, `train.detector:` only one.
+TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "detector": {
+        "epochs": 20, "batch_size": 8, "lr": 2e-4, "min_lr": 1e-6, "warmup_epochs": 1.0,
+        "schedule": "cosine", "optimizer": "adam", "weight_decay": 0.0, "grad_clip": 5.0,
+        "checkpoint_every": 5,
+    },
+    "recognizer": {
+        "epochs": 20, "batch_size": 32, "lr": 2e-4, "min_lr": 1e-6, "warmup_epochs": 1.0,
+        "schedule": "cosine", "optimizer": "adam", "weight_decay": 0.0, "grad_clip": 5.0,
+        "checkpoint_every": 5,
+    },
+}
+
+TrainOverrides = create_model(  # type: ignore[call-overload]
+    "TrainOverrides",
+    __base__=Strict,
+    **{name: (tp | None, Field(None, **kw)) for name, (tp, kw) in _TRAIN_KNOBS.items()},
+)
+
+
+class TrainSpec(TrainOverrides):  # type: ignore[valid-type,misc]
+    seed: int = 0
+    deterministic: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="mixed precision (CUDA only)")
+    gpus: int = Field(1, ge=1, le=64, description="> 1 launches torchrun with DDP")
+    host: str | None = Field(None, description="remote GPU host (user@host:port) to train on")
+    workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes")
+    detector: TrainOverrides = TrainOverrides()  # type: ignore[valid-type]
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str | None) -> str | None:
+        if v is not None and not _HOST_RE.match(v):
+            raise ValueError(f"not a host spec (user@host[:port]): {v!r}")
+        return v
+    recognizer: TrainOverrides = TrainOverrides()  # type: ignore[valid-type]
+
+    def for_model(self, model: str) -> dict[str, Any]:
+        """The effective settings of one model: defaults < shared `train:` < `train.<model>:`."""
+        resolved = dict(TRAIN_DEFAULTS[model])
+        resolved.update({k: getattr(self, k) for k in _TRAIN_KNOBS if getattr(self, k) is not None})
+        own = getattr(self, model)
+        resolved.update({k: getattr(own, k) for k in _TRAIN_KNOBS if getattr(own, k) is not None})
+        for k in ("seed", "deterministic", "device", "amp", "gpus", "host", "workers"):
+            resolved[k] = getattr(self, k)
+        return resolved
+
+
+# --------------------------------------------------------------------------------- optimize
+
+
+class PruneSpec(Strict):
+    amount: float = Field(0.0, ge=0, lt=1, description="fraction of channels removed; 0 = off")
+    importance: Literal["l1", "l2", "taylor", "lamp"] = "l1"
+    models: list[Literal["detector", "recognizer"]] = ["detector"]
+    keep: list[str] = Field(["head"], description="module name prefixes never pruned")
+    finetune_epochs: int = Field(5, ge=0, le=10_000)
+
+
+class ExportSpec(Strict):
+    opset: int = Field(17, ge=13, le=21)
+    simplify: bool = True
+    atol: float = Field(1e-3, gt=0, description="max |onnxruntime - torch| on validation images")
+
+
+class CalibrationSpec(Strict):
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    samples: int = Field(64, ge=1, le=100_000, description="training images used to calibrate")
+    percentile: float = Field(99.999, gt=90, le=100)
+
+
+class QuantizeSpec(Strict):
+    per_channel: bool = True
+    reduce_range: bool | None = Field(None, description="null: the target profile decides")
+    max_drop: float = Field(0.01, ge=0, le=1, description="int8 accuracy drop that triggers exclusions")
+    exclude: list[str] = Field([], description="node names kept in float")
+
+
+class OptimizeSpec(Strict):
+    prune: PruneSpec = PruneSpec()
+    export: ExportSpec = ExportSpec()
+    quantize: QuantizeSpec = QuantizeSpec()
+    calibration: CalibrationSpec = CalibrationSpec()
+
+
+# --------------------------------------------------------------------------------- deploy/verify
+
+
+class DeploySpec(Strict):
+    hosts: list[str] = Field([], description="user@host[:port]; ~/.ssh/config aliases work")
+    canary: bool = Field(False, description="deploy and check the first host before the rest")
+    parallel: int = Field(4, ge=1, le=256)
+    keep_releases: int = Field(3, ge=2, le=100)
+    trust_on_first_use: bool = Field(False, description="accept unknown host keys (opt-in)")
+    known_hosts: Path | None = None
+    ssh_config: Path | None = None
+    install_dir: str | None = Field(None, description="overrides the target profile's")
+    install_requirements: Literal["never", "pypi", "wheels"] = "never"
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, hosts: list[str]) -> list[str]:
+        bad = [h for h in hosts if not _HOST_RE.match(h)]
+        if bad:
+            raise ValueError(f"not a host spec (user@host[:port]): {', '.join(map(repr, bad))}")
+        dupes = sorted({h for h in hosts if hosts.count(h) > 1})
+        if dupes:
+            raise ValueError(f"duplicate hosts: {', '.join(dupes)}")
+        return hosts
+
+
+class VerifySpec(Strict):
+    min_hmean: float | None = Field(None, ge=0, le=1)
+    min_line_accuracy: float | None = Field(None, ge=0, le=1)
+    min_word_accuracy: float | None = Field(None, ge=0, le=1)
+    max_cer: float | None = Field(None, ge=0)
+    max_latency_ms: float | None = Field(None, gt=0)
+    max_drop: float = Field(0.005, ge=0, le=1, description="bundle vs fp32 torch accuracy drop")
+    samples: int | None = Field(None, ge=1, description="validation images used; null = all")
+
+
+class Recipe(Strict):
+    name: str
+    description: str = ""
+    workdir: Path = Path("runs")
+    profiles: list[Path] = Field([], description="extra target profile directories")
+    dataset: DatasetSpec
+    models: ModelsSpec = ModelsSpec()
+    train: TrainSpec = TrainSpec()
+    optimize: OptimizeSpec = OptimizeSpec()
+    targets: list[str] = ["local-cpu"]
+    deploy: dict[str, DeploySpec] = {}
+    verify: VerifySpec = VerifySpec()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("use letters, digits, '.', '_' and '-' (it names the run directory)")
+        return v
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one target profile (`recipe targets` lists them)")
+        return v
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.workdir) / self.name
+
+    def section(self, dotted_path: str) -> Any:
+        """The JSON-able value of a dotted section, e.g. ``optimize.calibration``."""
+        node: Any = self.model_dump(mode="json")
+        for part in dotted_path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    def content_hash(self) -> str:
+        return stable_hash(self.model_dump(mode="json"))
+
+
+# --------------------------------------------------------------------------------- loading
+
+
+@dataclass
+class LoadedRecipe:
+    """A validated recipe with where it came from and the profiles of its targets."""
+
+    recipe: Recipe
+    path: Path
+    profiles: dict[str, Any] = field(default_factory=dict)  # name -> TargetProfile
+    overrides: list[str] = field(default_factory=list)
+
+
+def parse_override(text: str) -> tuple[list[str | int], Any]:
+    """``train.epochs=5`` -> (['train', 'epochs'], 5); the value is parsed as YAML (typed)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError([Diagnostic(f"--set {text}", 0, 0, "(set)", "expected KEY.PATH=VALUE")])
+    parts: list[str | int] = []
+    for piece in key.strip().split("."):
+        if not piece:
+            raise ConfigError([Diagnostic(f"--set {text}", 0, 0, key, "empty key in path")])
+        parts.append(int(piece) if piece.isdigit() else piece)
+    value = load_yaml(raw, f"--set {text}") if raw.strip() else ""
+    return parts, value
+
+
+def apply_overrides(doc: Any, overrides: Sequence[str]) -> dict[str, str]:
+    """Set ``--set`` values into the parsed document in place; returns {dotted path: text}."""
+    located: dict[str, str] = {}
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = doc
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, CommentedSeq | list) and isinstance(part, int):
+                if part >= len(node):
+                    msg = f"index {part} is past the end of the list ({len(node)} items)"
+                    raise ConfigError([Diagnostic(f"--set {text}", 0, 0, str(parts[0]), msg)])
+                if last:
+                    node[part] = value
+                else:
+                    node = node[part]
+            elif isinstance(node, dict) and (last or part not in node or isinstance(node[part], dict | list)):
+                if last:
+                    node[part] = value
+                else:
+                    if part not in node:
+                        node[part] = CommentedMap()
+                    node = node[part]
+            else:
+                where = dotted(tuple(parts[: i + 1] if isinstance(node, dict) else parts[:i]))
+                raise ConfigError(
+                    [Diagnostic(f"--set {text}", 0, 0, where, "is not a mapping; cannot set a key in it")]
+                )
+        located[dotted(tuple(parts))] = text
+    return located
+
+
+def load_recipe(
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    check_targets: bool = True,
+) -> LoadedRecipe:
+    """Read, validate and cross-check a recipe; raise ConfigError with every problem found."""
+    from .targets import load_profiles
+
+    path = Path(path)
+    doc = read_yaml_file(path)
+    if doc is None:
+        raise ConfigError([Diagnostic(str(path), 1, 1, "(root)", "the recipe is empty")])
+    located = apply_overrides(doc, overrides) if isinstance(doc, dict) else {}
+    positions = Positions(doc, str(path), located)
+    problems: list[Diagnostic] = []
+    recipe: Recipe | None = None
+    try:
+        recipe = validate_document(Recipe, doc, positions)
+    except ConfigError as exc:
+        problems.extend(exc.diagnostics)
+    profiles: dict[str, Any] = {}
+    if check_targets and isinstance(doc, dict):
+        plain_doc = to_plain(doc)
+        extra_dirs = plain_doc.get("profiles") if isinstance(plain_doc.get("profiles"), list) else []
+        try:
+            profiles = load_profiles([str(d) for d in extra_dirs])
+        except ConfigError as exc:
+            problems.extend(exc.diagnostics)
+        problems.extend(_check_targets(plain_doc, profiles, positions))
+    if problems:
+        raise ConfigError(sorted(problems, key=lambda d: (d.file, d.line, d.col)))
+    assert recipe is not None
+    loaded = LoadedRecipe(recipe=recipe, path=path, overrides=list(overrides))
+    loaded.profiles = {n: profiles[n] for n in recipe.targets if n in profiles}
+    return loaded
+
+
+def _check_targets(doc: dict[str, Any], profiles: dict[str, Any], positions: Positions) -> list[Diagnostic]:
+    """Target names must name known profiles, once each; deploy keys must name a target."""
+    problems: list[Diagnostic] = []
+    targets = doc.get("targets", ["local-cpu"])
+    names = [t for t in targets if isinstance(t, str)] if isinstance(targets, list) else []
+    seen: set[str] = set()
+    for i, name in enumerate(targets if isinstance(targets, list) else []):
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            problems.append(positions.diagnostic(("targets", i), f"duplicate target {name!r}"))
+        elif profiles and name not in profiles:
+            known = ", ".join(sorted(profiles))
+            msg = f"unknown target {name!r}{suggest(name, profiles)}; known: {known}"
+            problems.append(positions.diagnostic(("targets", i), msg))
+        seen.add(name)
+    deploy = doc.get("deploy")
+    for name in deploy if isinstance(deploy, dict) else {}:
+        if name not in names:
+            msg = f"deploy section for {name!r}, which is not in `targets`{suggest(str(name), names)}"
+            problems.append(positions.diagnostic(("deploy", name), msg, key=True))
+    return problems
+
+
+def recipe_schema() -> dict[str, Any]:
+    """JSON Schema of the recipe language, for editors (yaml-language-server) and docs."""
+    schema = Recipe.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "OCR recipe"
+    return schema

@@ -166,8 +166,8 @@ def _position(node: Any, part: str | int, *, key: bool = False) -> tuple[int, in
     """ruamel's recorded position of a key/value/item; None for nodes made in memory (--set)."""
     try:
         if isinstance(node, CommentedSeq):
-            return node.lc.item(part)  # type: ignore[no-any-return]
-        return node.lc.key(part) if key else node.lc.value(part)  # type: ignore[no-any-return]
+            return node.lc.item(part)
+        return node.lc.key(part) if key else node.lc.value(part)
     except (KeyError, AttributeError, TypeError, IndexError):
         return None
 

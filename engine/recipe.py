@@ -159,7 +159,7 @@ TrainOverrides = create_model(  # type: ignore[call-overload]
 )
 
 
-class TrainSpec(TrainOverrides):  # type: ignore[valid-type,misc]
+class TrainSpec(TrainOverrides):
     seed: int = 0
     deterministic: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -167,7 +167,7 @@ class TrainSpec(TrainOverrides):  # type: ignore[valid-type,misc]
     gpus: int = Field(1, ge=1, le=64, description="> 1 launches torchrun with DDP")
     host: str | None = Field(None, description="remote GPU host (user@host:port) to train on")
     workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes")
-    detector: TrainOverrides = TrainOverrides()  # type: ignore[valid-type]
+    detector: TrainOverrides = TrainOverrides()
 
     @field_validator("host")
     @classmethod
@@ -175,7 +175,7 @@ class TrainSpec(TrainOverrides):  # type: ignore[valid-type,misc]
         if v is not None and not _HOST_RE.match(v):
             raise ValueError(f"not a host spec (user@host[:port]): {v!r}")
         return v
-    recognizer: TrainOverrides = TrainOverrides()  # type: ignore[valid-type]
+    recognizer: TrainOverrides = TrainOverrides()
 
     def for_model(self, model: str) -> dict[str, Any]:
         """The effective settings of one model: defaults < shared `train:` < `train.<model>:`."""

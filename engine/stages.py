@@ -106,4 +106,4 @@ def resolve(kind: str) -> Callable[[StageContext], Any]:
     if spec is None:
         raise StageNotImplemented(f"stage {kind} is not implemented yet")
     module_name, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module_name), attr)

@@ -1,0 +1,53 @@
+"""Polygon geometry shared by the data stage (recognizer crops) and the device runtime.
+
+Only numpy and cv2 — this module is shipped to devices.  The crops the recognizer trains on and
+the crops it sees on the device must be cut the same way, so there is one `crop_polygon`.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def order_quad(points: np.ndarray) -> np.ndarray:
+    """Order 4 points clockwise (y down) starting from the top-left (smallest x + y).
+
+    Used for polygons that carry no reading order of their own (cv2.minAreaRect output).
+    """
+    pts = np.asarray(points, dtype=np.float32).reshape(4, 2)
+    c = pts.mean(axis=0)
+    ang = np.arctan2(pts[:, 1] - c[1], pts[:, 0] - c[0])
+    pts = pts[np.argsort(ang)]  # increasing angle == clockwise on screen
+    start = int(np.argmin(pts.sum(axis=1)))
+    return np.roll(pts, -start, axis=0)
+
+
+def min_area_quad(points: np.ndarray) -> np.ndarray:
+    """The minimum-area rotated rectangle around any polygon, as an ordered quadrilateral."""
+    rect = cv2.minAreaRect(np.asarray(points, dtype=np.float32).reshape(-1, 2))
+    return order_quad(cv2.boxPoints(rect))
+
+
+def crop_polygon(image: np.ndarray, points, rotate_vertical: bool = True) -> np.ndarray:
+    """Cut the text region `points` out of `image` by a perspective transform.
+
+    A quadrilateral is used as given, its first point taken as the text's top-left (so upside-down
+    or rotated text labelled in reading order comes out upright); any other polygon is replaced by
+    its minimum-area rectangle.  Output size is the longer of each pair of opposite edges.  With
+    `rotate_vertical`, crops at least 1.5x taller than wide are turned 90° counter-clockwise
+    (vertical text lines), as PaddleOCR does.
+    """
+    pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+    quad = pts if len(pts) == 4 else min_area_quad(pts)
+    w = int(np.rint(max(np.linalg.norm(quad[0] - quad[1]), np.linalg.norm(quad[3] - quad[2]))))
+    h = int(np.rint(max(np.linalg.norm(quad[0] - quad[3]), np.linalg.norm(quad[1] - quad[2]))))
+    w, h = max(w, 1), max(h, 1)
+    dst = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
+    m = cv2.getPerspectiveTransform(quad.astype(np.float32), dst)
+    crop = cv2.warpPerspective(
+        image, m, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE
+    )
+    if rotate_vertical and h >= 1.5 * w:
+        crop = np.ascontiguousarray(np.rot90(crop))
+    return crop

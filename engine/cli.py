@@ -62,7 +62,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     pipeline = Pipeline(_load(args))
     rows = pipeline.plan()
     if args.json:
-        print(json.dumps({"recipe": pipeline.recipe.name, "stages": rows, "not_applicable": pipeline.notices}, indent=2))
+        doc = {"recipe": pipeline.recipe.name, "stages": rows, "not_applicable": pipeline.notices}
+        print(json.dumps(doc, indent=2))
         return EXIT_OK
     from rich.table import Table
 
@@ -187,6 +188,23 @@ def cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_data_preview(args: argparse.Namespace) -> int:
+    """Run the data stage if needed, then draw a contact sheet of labelled images."""
+    from .data.manifest import read_manifest
+    from .data.preview import write_contact_sheet
+    from .graph import Pipeline
+
+    pipeline = Pipeline(_load(args))
+    report = pipeline.run(only=["data"])
+    if not report.ok:
+        return EXIT_FAILED
+    records = [r for r in read_manifest(pipeline.run_dir / "data" / "manifest.jsonl") if r.split == args.split]
+    out = Path(args.out or pipeline.run_dir / "data" / f"preview_{args.split}.png")
+    write_contact_sheet(records[: args.count], out)
+    print(f"wrote {out} ({min(args.count, len(records))} {args.split} images)")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------- parser
 
 
@@ -247,12 +265,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(fn=cmd_init)
 
+    p = sub.add_parser("data", help="dataset tools: synth, preview")
+    data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    data_sub.add_parser(  # dispatched in main() to the generator's own parser
+        "synth", help="generate a synthetic ICDAR2015 dataset (see `recipe data synth -h`)"
+    )
+    q = data_sub.add_parser("preview", help="PNG contact sheet of a recipe's labelled images")
+    with_recipe(q)
+    q.add_argument("--split", choices=("train", "val"), default="val")
+    q.add_argument("--count", type=int, default=12)
+    q.add_argument("--out", metavar="PNG")
+    q.set_defaults(fn=cmd_data_preview)
+
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .graph import GraphError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["data", "synth"]:  # its own argument parser: `recipe data synth -h`
+        from .data.synth import synth_cli
+
+        return int(synth_cli(argv[2:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

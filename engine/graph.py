@@ -38,6 +38,7 @@ from .config import stable_hash, suggest
 from .recipe import LoadedRecipe
 
 RESULT_FILE = "result.json"
+ATTEMPT_FILE = "attempt.json"  # a stage that resumes (training) records its key here
 SUMMARY_FILE = "summary.json"
 DB_FILE = ".doit.db"
 LOCK_FILE = ".lock"
@@ -376,6 +377,7 @@ class Pipeline:
         ctx = stage_impls.StageContext(
             loaded=self.loaded, name=name, kind=stage.kind, param=stage.param,
             run_dir=self.run_dir, out_dir=out_dir, upstream=upstream_results, log=log,
+            key=stage.key_hash(),
         )
         started = time.time()
         try:
@@ -416,6 +418,9 @@ class Pipeline:
         try:
             for name in dropped:
                 dep.remove(name)
+                out_dir = self.out_dir(self.by_name[name])
+                for marker in (RESULT_FILE, ATTEMPT_FILE):  # no resuming a forced stage
+                    (out_dir / marker).unlink(missing_ok=True)
         finally:
             dep.close()
         return dropped

@@ -89,12 +89,15 @@ class DetectorSpec(Strict):
     arch: Literal["dbnet"] = "dbnet"
     backbone: Literal["mobilenetv3", "resnet18"] = "mobilenetv3"
     input_size: int = Field(640, ge=64, le=4096, description="longer image side, multiple of 32")
+    train_size: int | None = Field(
+        None, ge=64, le=4096, description="square training crop (multiple of 32); null = input_size"
+    )
     init: str | None = Field("base", description="'base' (shipped weights), a checkpoint path, or null")
 
-    @field_validator("input_size")
+    @field_validator("input_size", "train_size")
     @classmethod
-    def _multiple_of_32(cls, v: int) -> int:
-        if v % 32:
+    def _multiple_of_32(cls, v: int | None) -> int | None:
+        if v is not None and v % 32:
             raise ValueError(f"must be a multiple of 32 (got {v}; try {round(v / 32) * 32 or 32})")
         return v
 

@@ -25,9 +25,9 @@ if TYPE_CHECKING:
 
 
 IMPLEMENTATIONS: dict[str, str | None] = {
-    "data": None,
-    "train": None,
-    "evaluate": None,
+    "data": "engine.data.stage:run",
+    "train": "engine.training.stage:run_train",
+    "evaluate": "engine.training.stage:run_evaluate",
     "prune": None,
     "export": None,
     "build": None,
@@ -69,6 +69,7 @@ class StageContext:
     out_dir: Path
     upstream: dict[str, dict[str, Any]]  # stage name -> its result.json content
     log: logging.Logger
+    key: str = ""  # hash of the recipe sections this stage reads
 
     @property
     def recipe(self) -> Any:

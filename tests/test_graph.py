@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -145,8 +144,9 @@ def test_only_runs_what_the_stage_needs(recipe_file, registered):
     assert report.executed == ["data", "train:recognizer"]
 
 
-def test_unimplemented_stage_fails_loudly(recipe_file):
+def test_unimplemented_stage_fails_loudly(recipe_file, monkeypatch):
     stages.unregister()
+    monkeypatch.setitem(stages.IMPLEMENTATIONS, "data", None)
     p = _pipeline(recipe_file)
     report = p.run()
     assert report.failed == {"data": "stage data is not implemented yet"}
@@ -224,12 +224,15 @@ def test_cli_run_plan_status_in_subprocess(recipe_file, registered, tmp_path):
     assert sorted(will) == sorted(AFTER_CALIBRATION)
 
 
-def test_cli_run_unimplemented_exit_code(tmp_path):
+def test_cli_run_failing_stage_exit_code(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(textwrap.dedent(RECIPE))
+    recipe.write_text(f"name: r\ndataset:\n  train: {tmp_path / 'missing'}\n")
     out = subprocess.run(
         [sys.executable, "-m", "engine.cli", "run", str(recipe), "--set", f"workdir={tmp_path}/runs"],
         capture_output=True, text=True,
     )
     assert out.returncode == 1
-    assert "stage data is not implemented yet" in out.stdout
+    assert "✗ data" in out.stdout and "missing" in out.stdout
+    summary = json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())
+    assert list(summary["failed"]) == ["data"]
+    assert "train:detector" in summary["not_run"]

@@ -1,0 +1,68 @@
+"""Compression library: structured pruning, ONNX export, int8 / fp16 conversion, TensorRT plans.
+
+Functional entry points (the graph's prune / export / build stages call these):
+
+- :mod:`engine.compress.prune`     — ``prune_model``, ``save_pruned``, ``load_pruned`` (torch)
+- :mod:`engine.compress.export`    — ``export_onnx`` with onnxruntime parity checks (torch)
+- :mod:`engine.compress.quantize`  — ``quantize_static_qdq``, calibration readers over real
+  images, ``find_sensitive_nodes`` (onnxruntime only, no torch)
+- :mod:`engine.compress.fp16`      — ``convert_fp16`` (onnxconverter-common)
+- :mod:`engine.compress.tensorrt`  — ``tensorrt_build_plan``, ``write_build_script``,
+  ``maybe_build_locally``
+- :mod:`engine.compress.latency`   — ``measure_latency`` (onnxruntime CPU)
+
+This file stays import-light on purpose (standard library only): importing the package must not
+pull torch into processes that only quantize or time ONNX models.  The atomic-write helpers live
+here because every submodule needs them and they must not drag a heavy import with them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["atomic_write_bytes", "fsync_dir", "temp_path_beside"]
+
+
+def fsync_dir(directory: Path | str) -> None:
+    """fsync a directory so a just-completed ``os.replace`` survives a power cut."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def temp_path_beside(path: Path | str, suffix: str = ".tmp") -> Path:
+    """A fresh, unused file name in ``path``'s directory (same filesystem, so os.replace is
+    atomic).  The caller writes it and then calls :func:`atomic_replace` or deletes it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def atomic_replace(tmp: Path | str, path: Path | str) -> None:
+    """fsync ``tmp`` and move it over ``path``: readers see the old file or the new, never half."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    fsync_dir(Path(path).parent)
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, replace)."""
+    tmp = temp_path_beside(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        atomic_replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,369 @@
+"""Structured channel pruning with torch-pruning, and saving/loading pruned models.
+
+Why structured: removing whole channels makes every Conv smaller, which is what speeds up
+onnxruntime on a Pi and TensorRT on a Jetson.  Unstructured sparsity (zeroed weights) changes
+nothing at inference time on those runtimes.
+
+Why torch-pruning: DBNet couples channels across layers — residual adds in MobileNetV3 and
+ResNet, the SE gates (``x * gate``), the FPN's top-down adds that tie every lateral conv
+together, and the concatenation of the four smoothed levels that feeds the heads.  Pruning one
+channel means pruning the matching channel in every coupled layer.  ``tp.DependencyGraph``
+traces the model and groups those channels, so a pruned model is always consistent.
+
+How the detector is traced: torch-pruning puts the model in eval mode for tracing, and in eval
+mode DBNet skips its threshold branch — the dependency graph would not see ``thresh_head`` and
+pruning the neck would leave that branch with the wrong input width (training would then
+crash during fine-tuning).  ``forward_fn`` therefore flips only the *top-level* ``training``
+flag during the trace: DBNet returns all three maps while every BatchNorm stays in eval mode
+(running statistics untouched).
+
+Kept layers (``keep``): module-name prefixes whose output channels are never pruned — the DB
+head branches (their last layer has one output channel, the map) and the CRNN classifier (its
+outputs are the charset).  Their *input* channels still shrink with the layers that feed them.
+Multi-layer LSTMs are kept automatically: torch-pruning 1.6 prunes only single-layer LSTMs.
+
+Saving (``save_pruned`` / ``load_pruned``): the architecture of a pruned model is no longer the
+one its constructor builds, and pickling the module (what ``tp.state_dict`` does, by copying
+every module ``__dict__``) cannot be loaded with ``torch.load(weights_only=True)``.  So the
+checkpoint stores plain data only: the constructor spec (kind / arch / variant / options), the
+per-module shape attributes (``in_channels``, ``out_channels``, ``groups``, ``num_features``,
+``in_features``, ``out_features``, ``input_size``, ``hidden_size`` ...) and the ``state_dict``.
+Loading builds the unpruned model from the spec, shrinks each module to the recorded shape
+(attributes plus empty parameters/buffers of the saved shapes), then loads the state dict with
+``strict=True``.  No tracing is needed at load time, and the file loads with weights_only=True.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from . import atomic_write_bytes
+
+__all__ = [
+    "DEFAULT_KEEP",
+    "IMPORTANCES",
+    "PRUNED_FORMAT",
+    "PruneError",
+    "channel_table",
+    "count_macs_params",
+    "load_pruned",
+    "prune_model",
+    "save_pruned",
+]
+
+#: module-name prefixes never pruned on their outputs: DB head branches and the CRNN classifier.
+DEFAULT_KEEP: tuple[str, ...] = ("prob_head", "thresh_head", "classifier")
+IMPORTANCES = ("l1", "l2", "taylor", "lamp")
+PRUNED_FORMAT = "engine.pruned/1"
+
+# Attributes that define a layer's shape; everything else about a layer is unchanged by pruning.
+_SHAPE_ATTRS = (
+    "in_channels",
+    "out_channels",
+    "groups",
+    "num_features",
+    "in_features",
+    "out_features",
+    "input_size",
+    "hidden_size",
+    "proj_size",
+    "normalized_shape",
+    "num_parameters",
+    "num_channels",
+    "num_groups",
+)
+_LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.LSTM)
+
+
+class PruneError(ValueError):
+    """Bad pruning arguments, or a checkpoint that is not a pruned model."""
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    """A dotted-prefix match ("neck" keeps "neck.lateral.0"), or an fnmatch pattern when the
+    entry has wildcards ("*head*" keeps "prob_head.body.0")."""
+    for p in patterns:
+        if any(c in p for c in "*?["):
+            if fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + ".*"):
+                return True
+        elif name == p or name.startswith(p + "."):
+            return True
+    return False
+
+
+def _output_layers(model: nn.Module) -> list[nn.Module]:
+    """Layers that produce what the model returns — the last Conv/Linear of every top-level
+    child named like a head or classifier — kept whatever ``keep`` says: pruning them would
+    change the number of maps or of charset classes."""
+    out: list[nn.Module] = []
+    for name, child in model.named_children():
+        if not (name.endswith("head") or name.endswith("classifier")):
+            continue
+        layers = [m for m in child.modules() if isinstance(m, _LAYER_TYPES)]
+        if layers:
+            out.append(layers[-1])
+    return out
+
+
+def _importance(name: str) -> tp.importance.Importance:
+    if name == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if name == "l2":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if name == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    if name == "lamp":
+        return tp.importance.LAMPImportance(p=2)
+    raise PruneError(f"unknown pruning importance {name!r}; known: {', '.join(IMPORTANCES)}")
+
+
+def _trace_forward(model: nn.Module, example: torch.Tensor) -> Any:
+    """Forward with the top-level module in training mode but every submodule as it is (eval),
+    so DBNet returns its threshold branch too (see the module docstring)."""
+    was = model.training
+    model.training = True
+    try:
+        return model(example)
+    finally:
+        model.training = was
+
+
+def _eval_forward(model: nn.Module, example: torch.Tensor) -> Any:
+    return model(example)
+
+
+def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
+    """(MACs, parameters) of the eval graph at ``example_input``'s size (torch-pruning's
+    counter; restores the model's train/eval mode)."""
+    was = model.training
+    try:
+        with torch.no_grad():
+            macs, params = tp.utils.count_ops_and_params(model, example_input)
+    finally:
+        model.train(was)
+    return int(macs), int(params)
+
+
+def channel_table(model: nn.Module) -> dict[str, list[int]]:
+    """{module name: [in, out]} for every Conv / ConvTranspose / Linear / LSTM (hidden size)."""
+    table: dict[str, list[int]] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.ConvTranspose2d):
+            table[name] = [int(m.in_channels), int(m.out_channels)]
+        elif isinstance(m, nn.Linear):
+            table[name] = [int(m.in_features), int(m.out_features)]
+        elif isinstance(m, nn.LSTM):
+            table[name] = [int(m.input_size), int(m.hidden_size)]
+    return table
+
+
+def prune_model(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    amount: float,
+    importance: str = "l1",
+    keep: Sequence[str] = DEFAULT_KEEP,
+    round_to: int | None = 8,
+    loss_fn: Callable[[nn.Module], torch.Tensor] | None = None,
+    iterative_steps: int = 1,
+    global_pruning: bool = False,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Remove ``amount`` (0..1) of the channels of every prunable layer group, in place.
+
+    ``importance``: "l1" / "l2" (group magnitude, p=1/2), "taylor" (first-order, needs
+    ``loss_fn(model) -> scalar loss`` on real training data: weight x gradient is meaningless
+    without a real loss), "lamp".  ``keep``: module-name prefixes (or fnmatch patterns such
+    as "*head*") whose outputs are never pruned; the output layers of heads / classifiers are
+    always kept.  ``round_to``: keep channel counts multiples of this (8 suits SIMD and TensorRT).
+    ``iterative_steps`` > 1 prunes in several smaller steps (re-ranking in between, and
+    re-computing the Taylor gradients).  Returns (the same model object, report) with
+    params/MACs before and after (at ``example_input``'s size) and per-layer [in, out] channels.
+    The model comes back in the train/eval mode it came in.
+    """
+    if not 0.0 <= amount < 1.0:
+        raise PruneError(f"pruning amount must be in [0, 1), got {amount}")
+    if importance not in IMPORTANCES:
+        raise PruneError(f"unknown pruning importance {importance!r}; known: {', '.join(IMPORTANCES)}")
+    if importance == "taylor" and loss_fn is None:
+        raise PruneError("importance='taylor' needs loss_fn(model) -> loss on real training data")
+    if iterative_steps < 1:
+        raise PruneError(f"iterative_steps must be >= 1, got {iterative_steps}")
+    was_training = model.training
+    model.eval()
+    example_input = example_input.detach()
+    before = channel_table(model)
+    macs0, params0 = count_macs_params(model, example_input)
+    names = [n for n, _ in model.named_modules() if n]
+    report: dict[str, Any] = {
+        "amount": float(amount),
+        "importance": importance,
+        "round_to": round_to,
+        "keep": list(keep),
+        # entries that matched nothing (a typo, or DEFAULT_KEEP's other model's names)
+        "keep_unmatched": [k for k in keep if not any(_matches(n, [k]) for n in names)],
+        "params_before": params0,
+        "macs_before": macs0,
+        "input_shape": list(example_input.shape),
+    }
+    if amount == 0.0:
+        report.update(params_after=params0, macs_after=macs0, channels={
+            k: {"before": v, "after": v} for k, v in before.items()})
+        model.train(was_training)
+        return model, report
+
+    ignored: list[nn.Module] = [m for n, m in model.named_modules() if n and _matches(n, keep)]
+    ignored += _output_layers(model)
+    ignored += [m for m in model.modules() if isinstance(m, nn.LSTM) and m.num_layers > 1]
+    # The detector's eval graph hides the threshold branch: trace the training outputs when the
+    # model has them (DBNet); other models are traced as they run at inference.
+    with torch.no_grad():
+        out = _trace_forward(model, example_input)
+    forward_fn = _trace_forward if isinstance(out, dict) else _eval_forward
+
+    pruner = tp.pruner.BasePruner(
+        model,
+        example_input,
+        importance=_importance(importance),
+        pruning_ratio=float(amount),
+        iterative_steps=iterative_steps,
+        ignored_layers=ignored,
+        round_to=round_to,
+        global_pruning=global_pruning,
+        forward_fn=forward_fn,
+    )
+    for _ in range(iterative_steps):
+        if importance == "taylor":
+            assert loss_fn is not None
+            model.zero_grad(set_to_none=True)
+            loss = loss_fn(model)
+            loss.backward()
+            # layers the loss does not reach (DBNet's threshold branch under an eval-mode
+            # loss) get zero gradients: Taylor importance then ranks them by the others.
+            for p in model.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+        pruner.step()
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    macs1, params1 = count_macs_params(model, example_input)
+    after = channel_table(model)
+    report.update(
+        params_after=params1,
+        macs_after=macs1,
+        channels={k: {"before": before[k], "after": after.get(k, before[k])} for k in before},
+    )
+    model.train(was_training)
+    return model, report
+
+
+# ------------------------------------------------------------------------------------------
+# save / load
+# ------------------------------------------------------------------------------------------
+
+
+def _structure(model: nn.Module) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, m in model.named_modules():
+        attrs = {}
+        for a in _SHAPE_ATTRS:
+            v = getattr(m, a, None)
+            if isinstance(v, bool) or v is None:
+                continue
+            if isinstance(v, int | tuple) and not callable(v):
+                attrs[a] = list(v) if isinstance(v, tuple) else int(v)
+        if attrs:
+            out[name] = attrs
+    return out
+
+
+def save_pruned(
+    path: Path | str,
+    model: nn.Module,
+    build: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Atomically save a (pruned) model so that ``load_pruned`` can rebuild it.
+
+    ``build`` = {"kind": "detector"|"recognizer", "arch": ..., "variant": backbone or sequence,
+    "options": {constructor overrides, e.g. num_classes/height for the recognizer}} — plain
+    data, the same names as ``engine.models.build_detector`` / ``build_recognizer`` take.
+    ``extra`` (plain data: metrics, the prune report) is stored under "extra".
+    """
+    if build.get("kind") not in ("detector", "recognizer"):
+        raise PruneError(f"build spec needs kind 'detector' or 'recognizer', got {build!r}")
+    payload = {
+        "format": PRUNED_FORMAT,
+        "build": dict(build),
+        "structure": _structure(model),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": extra or {},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _build_from_spec(build: dict[str, Any]) -> nn.Module:
+    from engine.models import build_detector, build_recognizer
+
+    options = dict(build.get("options") or {})
+    if build["kind"] == "detector":
+        return build_detector(build.get("arch", "dbnet"), build.get("variant", "mobilenetv3"),
+                              **options)
+    return build_recognizer(build.get("arch", "crnn"), build.get("variant", "bilstm"), **options)
+
+
+def _shrink(model: nn.Module, structure: dict[str, dict[str, Any]],
+            state: dict[str, torch.Tensor]) -> None:
+    """Give every module the recorded shape attributes and empty tensors of the saved shapes."""
+    modules = dict(model.named_modules())
+    for name, attrs in structure.items():
+        m = modules.get(name)
+        if m is None:
+            raise PruneError(f"pruned checkpoint names module {name!r} the model does not have")
+        for a, v in attrs.items():
+            setattr(m, a, tuple(v) if isinstance(v, list) else v)
+    for key, tensor in state.items():
+        mod_name, _, leaf = key.rpartition(".")
+        m = modules.get(mod_name)
+        if m is None:
+            raise PruneError(f"pruned checkpoint has tensor {key!r} for a missing module")
+        if leaf in m._parameters and m._parameters[leaf] is not None:
+            old = m._parameters[leaf]
+            if old.shape != tensor.shape:
+                setattr(m, leaf, nn.Parameter(torch.empty_like(tensor),
+                                              requires_grad=old.requires_grad))
+        elif (buf := m._buffers.get(leaf)) is not None and buf.shape != tensor.shape:
+            m._buffers[leaf] = torch.empty_like(tensor)
+    for m in model.modules():
+        if isinstance(m, nn.RNNBase):
+            m._init_flat_weights()
+
+
+def load_pruned(
+    path: Path | str,
+    model_factory: Callable[[dict[str, Any]], nn.Module] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model saved by ``save_pruned`` -> (model in eval mode, extra).
+
+    Loads with ``weights_only=True``.  ``model_factory(build_spec)`` overrides how the unpruned
+    model is constructed (default: the engine.models registry).
+    """
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != PRUNED_FORMAT:
+        raise PruneError(f"{path}: not a pruned-model checkpoint (format {PRUNED_FORMAT})")
+    build = payload["build"]
+    model = (model_factory or _build_from_spec)(build)
+    _shrink(model, payload["structure"], payload["state_dict"])
+    model.load_state_dict(payload["state_dict"], strict=True)
+    model.eval()
+    return model, dict(payload.get("extra") or {})

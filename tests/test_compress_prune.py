@@ -1,0 +1,129 @@
+"""Structured pruning: channel counts shrink, the pruned nets run, export, save and reload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from engine.compress.export import export_onnx
+from engine.compress.prune import PruneError, load_pruned, prune_model, save_pruned
+from engine.models import build_detector, build_recognizer
+from engine.runtime.preprocess import detector_input, recognizer_input
+
+ROOT = Path(__file__).resolve().parent.parent
+PHOTOS = sorted((ROOT / "examples" / "datasets" / "icdar2015").glob("*/images/*.jpg"))
+CROPS = sorted((ROOT / "examples" / "datasets" / "lines" / "crops").glob("*.jpg"))
+
+
+def _rgb(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def pruned_detector():
+    torch.manual_seed(0)
+    model = build_detector("dbnet", "mobilenetv3").eval()
+    x = torch.from_numpy(detector_input(_rgb(PHOTOS[0]), 128)[0])
+    before = {n: m.out_channels for n, m in model.named_modules()
+              if isinstance(m, torch.nn.Conv2d)}
+    pruned, report = prune_model(model, x, 0.3, importance="l1")
+    return pruned, report, before
+
+
+def test_pruning_changes_channels_and_keeps_heads(pruned_detector):
+    model, report, before = pruned_detector
+    assert report["params_after"] < 0.75 * report["params_before"]
+    assert report["macs_after"] < 0.8 * report["macs_before"]
+    after = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    shrunk = [n for n in before if after[n] < before[n]]
+    assert len(shrunk) > 10
+    # kept prefixes: the head branches keep their output channels, the map stays 1 channel
+    for n in before:
+        if n.startswith(("prob_head", "thresh_head")):
+            assert after[n] == before[n], n
+    assert model.prob_head.body[-1].out_channels == 1
+    # round_to=8 for every pruned layer
+    assert all(after[n] % 8 == 0 for n in shrunk)
+    # the neck's lateral convs are coupled by the top-down adds: same width everywhere
+    assert len({c.out_channels for c in model.neck.lateral}) == 1
+    assert report["channels"]["neck.lateral.0"]["after"][1] == model.neck.lateral[0].out_channels
+
+
+def test_pruned_detector_runs_in_both_modes_and_exports(pruned_detector, tmp_path):
+    model, _, _ = pruned_detector
+    x1 = detector_input(_rgb(PHOTOS[1]), 128)[0]
+    x2 = detector_input(_rgb(PHOTOS[2]), 96)[0]
+    model.eval()
+    assert model(torch.from_numpy(x1)).shape == (1, 1, *x1.shape[2:])
+    model.train()
+    out = model(torch.from_numpy(x2))  # the threshold branch was pruned consistently
+    assert set(out) == {"prob", "thresh", "binary"}
+    model.eval()
+    report = export_onnx(model, "detector", tmp_path / "pruned.onnx", [x1, x2])
+    assert max(report["max_abs_diff"]) < 1e-3
+
+
+def test_save_load_pruned_roundtrip_weights_only(pruned_detector, tmp_path):
+    model, report, _ = pruned_detector
+    path = tmp_path / "pruned.pt"
+    save_pruned(path, model, {"kind": "detector", "arch": "dbnet", "variant": "mobilenetv3"},
+                extra={"prune": {"amount": report["amount"]}})
+    payload = torch.load(path, weights_only=True)  # plain data only
+    assert payload["format"] == "engine.pruned/1"
+    loaded, extra = load_pruned(path)
+    assert extra == {"prune": {"amount": 0.3}}
+    x = torch.from_numpy(detector_input(_rgb(PHOTOS[3]), 128)[0])
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_prune_recognizer_bilstm_and_conv(tmp_path):
+    crops = [_rgb(p) for p in CROPS]
+    x = recognizer_input(crops, 32, 128)
+    for seq in ("bilstm", "conv"):
+        torch.manual_seed(0)
+        small = {"channels": (16, 32, 64, 64), "hidden": 64}
+        rec = build_recognizer("crnn", seq, num_classes=40, height=32, **small).eval()
+        rec, report = prune_model(rec, torch.from_numpy(x[:1]), 0.3, importance="lamp")
+        assert report["params_after"] < report["params_before"]
+        assert rec.classifier.out_features == 40  # the charset is never pruned
+        with torch.no_grad():
+            assert rec(torch.from_numpy(x)).shape == (len(crops), x.shape[3] // 4, 40)
+        spec = {"kind": "recognizer", "arch": "crnn", "variant": seq,
+                "options": {"num_classes": 40, "height": 32, **small}}
+        save_pruned(tmp_path / f"{seq}.pt", rec, spec)
+        again, _ = load_pruned(tmp_path / f"{seq}.pt")
+        with torch.no_grad():
+            assert torch.allclose(again(torch.from_numpy(x)), rec(torch.from_numpy(x)))
+
+
+def test_keep_patterns_and_output_layers_always_kept():
+    model = build_detector("dbnet", "mobilenetv3").eval()
+    x = torch.from_numpy(detector_input(_rgb(PHOTOS[0]), 64)[0])
+    _, report = prune_model(model, x, 0.3, keep=["*head*", "neck.smooth", "no_such"])
+    assert report["keep_unmatched"] == ["no_such"]
+    assert all(c.out_channels == 24 for c in model.neck.smooth)  # kept by prefix
+    assert model.prob_head.body[0][0].out_channels == 24  # kept by pattern
+    rec = build_recognizer("crnn", "conv", num_classes=40, height=32,
+                           channels=(16, 32, 64, 64), hidden=64, layers=2).eval()
+    xr = torch.from_numpy(recognizer_input([_rgb(CROPS[0])], 32, 96))
+    prune_model(rec, xr, 0.5, keep=())  # nothing kept explicitly: the classifier still is
+    assert rec.classifier.out_features == 40
+
+
+def test_taylor_needs_a_loss_and_bad_arguments_are_rejected():
+    model = build_detector("dbnet", "mobilenetv3").eval()
+    x = torch.from_numpy(detector_input(_rgb(PHOTOS[0]), 64)[0])
+    with pytest.raises(PruneError, match="loss_fn"):
+        prune_model(model, x, 0.3, importance="taylor")
+    with pytest.raises(PruneError, match="known"):
+        prune_model(model, x, 0.3, importance="l3")
+    with pytest.raises(PruneError, match="amount"):
+        prune_model(model, x, 1.0)
+    _, report = prune_model(model, x, 0.2, importance="taylor", loss_fn=lambda m: m(x).mean())
+    assert report["macs_after"] < report["macs_before"]

@@ -1,0 +1,172 @@
+"""Static QDQ int8 on real images: outputs stay close, and the sensitivity search engages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from engine.compress.export import export_onnx
+from engine.compress.quantize import (
+    ImageCalibrationReader,
+    QuantizationError,
+    find_sensitive_nodes,
+    preprocess_for_quantization,
+    quantize_static_qdq,
+)
+from engine.models import build_detector, build_recognizer
+from engine.runtime.preprocess import detector_input, recognizer_input
+
+ROOT = Path(__file__).resolve().parent.parent
+PHOTOS = sorted((ROOT / "examples" / "datasets").glob("*/*/images/*.jpg")) + sorted(
+    (ROOT / "examples" / "datasets").glob("*/images/*.jpg")
+)
+CROPS = sorted((ROOT / "examples" / "datasets" / "lines" / "crops").glob("*.jpg"))
+
+
+def _run(path: Path | str, feeds: list[np.ndarray]) -> list[np.ndarray]:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [sess.run(None, {"input": x})[0] for x in feeds]
+
+
+@pytest.fixture(scope="module")
+def detector_fp32(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_detector("dbnet", "mobilenetv3").eval()
+    x = detector_input(cv2.imread(str(PHOTOS[0]))[:, :, ::-1], 128)[0]
+    path = tmp_path_factory.mktemp("q") / "det.onnx"
+    export_onnx(model, "detector", path, [x])
+    return path
+
+
+@pytest.fixture(scope="module")
+def recognizer_fp32(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_recognizer("crnn", "conv", num_classes=40, height=32,
+                             channels=(16, 32, 64, 64), hidden=64, layers=2).eval()
+    x = recognizer_input([cv2.imread(str(p))[:, :, ::-1] for p in CROPS], 32, 160)
+    path = tmp_path_factory.mktemp("q") / "rec.onnx"
+    export_onnx(model, "recognizer", path, [x])
+    return path
+
+
+def test_calibration_reader_uses_runtime_preprocessing():
+    assert len(PHOTOS) >= 4
+    reader = ImageCalibrationReader.detector(PHOTOS, 128, samples=3)
+    feeds = reader.inputs()
+    assert len(feeds) == 3 and len(reader) == 3
+    expected = detector_input(cv2.cvtColor(cv2.imread(str(reader.items[0])), cv2.COLOR_BGR2RGB),
+                              128)[0]
+    np.testing.assert_array_equal(feeds[0]["input"], expected)
+    assert reader.get_next() is not None  # inputs() rewound
+    rec = ImageCalibrationReader.recognizer(CROPS, 32, 160, batch_size=2)
+    assert [f["input"].shape[0] for f in rec.inputs()] == [2, 2, 1]
+    bad = ImageCalibrationReader.detector([ROOT / "no_such.jpg"], 128)
+    with pytest.raises(QuantizationError, match=r"no_such\.jpg"):
+        bad.get_next()
+    with pytest.raises(QuantizationError):
+        ImageCalibrationReader.detector([], 128)
+
+
+def test_int8_detector_outputs_stay_close(detector_fp32, tmp_path):
+    reader = ImageCalibrationReader.detector(PHOTOS, 128)
+    out = tmp_path / "det_int8.onnx"
+    report = quantize_static_qdq(detector_fp32, out, reader, method="minmax", per_channel=True)
+    assert report["quantize_nodes"] > 20 and report["calibration_batches"] == len(PHOTOS)
+    assert report["preprocess"].startswith("quant_pre_process")
+    ops = report["ops"]
+    assert ops.get("ConvInteger", 0) == 0  # static QDQ, never dynamic quantization
+    feeds = [f["input"] for f in reader.inputs()] + [
+        detector_input(cv2.imread(str(PHOTOS[0]))[:, :, ::-1], 160)[0]]
+    ref, got = _run(detector_fp32, feeds), _run(out, feeds)
+    for a, b in zip(ref, got, strict=True):
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() < 5e-2
+        assert ((a > 0.3) == (b > 0.3)).mean() > 0.99
+
+
+def test_strided_minmax_and_calibration_cache(detector_fp32, tmp_path):
+    # 12 batches -> ranges folded every 6 (CalibStridedMinMax): the same ranges as one pass
+    # over the 4 distinct photos, because min/max folding is exact
+    many = ImageCalibrationReader.detector(PHOTOS[:4] * 3, 128)
+    few = ImageCalibrationReader.detector(PHOTOS[:4], 128)
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    quantize_static_qdq(detector_fp32, a, many)
+    quantize_static_qdq(detector_fp32, b, few)
+    feeds = [f["input"] for f in few.inputs()]
+    for x, y in zip(_run(a, feeds), _run(b, feeds), strict=True):
+        np.testing.assert_array_equal(x, y)
+    cache = tmp_path / "ranges.json"
+    quantize_static_qdq(detector_fp32, tmp_path / "c.onnx", few, calibration_cache=cache)
+    assert cache.is_file()
+    report = quantize_static_qdq(detector_fp32, tmp_path / "d.onnx", few, calibration_cache=cache)
+    assert report["calibration_cache"] == str(cache)
+    for x, y in zip(_run(tmp_path / "d.onnx", feeds), _run(b, feeds), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_int8_recognizer_percentile_reduce_range(recognizer_fp32, tmp_path):
+    reader = ImageCalibrationReader.recognizer(CROPS, 32, 160, batch_size=2)
+    out = tmp_path / "rec_int8.onnx"
+    report = quantize_static_qdq(recognizer_fp32, out, reader, method="percentile",
+                                 reduce_range=True, calib_options={"CalibPercentile": 99.99})
+    assert report["method"] == "percentile" and report["reduce_range"]
+    x = recognizer_input([cv2.imread(str(p))[:, :, ::-1] for p in CROPS], 32, 160)
+    ref, got = _run(recognizer_fp32, [x])[0], _run(out, [x])[0]
+    scale = np.abs(ref).max()
+    assert np.abs(ref - got).max() < 0.1 * scale
+    assert (ref.argmax(-1) == got.argmax(-1)).mean() > 0.9
+
+
+def test_bad_method_and_unknown_excluded_node(recognizer_fp32, tmp_path):
+    reader = ImageCalibrationReader.recognizer(CROPS, 32, 160)
+    with pytest.raises(QuantizationError, match="calibration method"):
+        quantize_static_qdq(recognizer_fp32, tmp_path / "x.onnx", reader, method="dynamic")
+    with pytest.raises(QuantizationError, match="nodes_to_exclude"):
+        quantize_static_qdq(recognizer_fp32, tmp_path / "x.onnx", reader,
+                            nodes_to_exclude=["no/such/Conv"])
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_sensitivity_search(recognizer_fp32, tmp_path):
+    reader = ImageCalibrationReader.recognizer(CROPS, 32, 160, batch_size=5)
+    feeds = [f["input"] for f in reader.inputs()]
+    ref = _run(recognizer_fp32, feeds)
+    out = tmp_path / "guarded.onnx"
+    builds: list[list[str]] = []
+
+    def builder(excluded):
+        builds.append(list(excluded))
+        quantize_static_qdq(recognizer_fp32, out, reader, nodes_to_exclude=excluded,
+                            calibration_cache=tmp_path / "ranges.json")
+        return out
+
+    def agreement(path):  # synthetic metric: closeness to fp32 on real crops, higher is better
+        return -float(np.mean([np.abs(a - b).mean() for a, b in zip(ref, _run(path, feeds),
+                                                                    strict=True)]))
+
+    loose = find_sensitive_nodes(recognizer_fp32, builder, agreement, max_drop=10.0, budget=3,
+                                 ranking_inputs=reader)
+    assert loose.met and loose.excluded == [] and len(builds) == 1
+    builds.clear()
+    tight = find_sensitive_nodes(recognizer_fp32, builder, agreement, max_drop=0.0, budget=2,
+                                 ranking_inputs=reader)
+    assert not tight.met and len(tight.history) == 3 and len(builds) == 3
+    assert tight.excluded == [name for name, _ in tight.ranking[:2]]
+    assert tight.ranking[0][1] >= tight.ranking[-1][1]
+    # the excluded convs really are float in the last build: their weights are not dequantized
+    pre = tmp_path / "pre.onnx"
+    preprocess_for_quantization(recognizer_fp32, pre)
+    names = {n.name for n in onnx.load(str(pre)).graph.node}
+    assert set(tight.excluded) <= names
+    q = onnx.load(str(out))
+    by_name = {n.name: n for n in q.graph.node}
+    for name in tight.excluded:
+        assert not by_name[name].input[1].endswith("DequantizeLinear_Output")
+    # the drop is what the metric says: excluding the top nodes never made it worse by much
+    assert tight.final_metric >= tight.int8_metric - 1e-3

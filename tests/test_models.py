@@ -1,0 +1,258 @@
+"""Models: registry, shapes, losses, one-batch overfitting and ONNX dynamic-shape export.
+
+All on CPU with small inputs; the overfit tests stop as soon as the goal is met.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from engine.models import (
+    DEFAULT_CONFIGS,
+    DBLoss,
+    ModelConfigError,
+    UnknownArchitectureError,
+    build_detector,
+    build_recognizer,
+    ctc_loss,
+    encode_texts,
+    make_db_targets,
+)
+from engine.models.flops import count_macs
+from engine.runtime.postprocess import ctc_greedy_decode, db_boxes
+from engine.runtime.preprocess import detector_input, recognizer_input, recognizer_widths
+
+CHARSET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ -:./"
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+def test_registry_builds_every_default_and_reports_unknown_names():
+    for backbone in DEFAULT_CONFIGS["detector"]["dbnet"]:
+        assert isinstance(build_detector("dbnet", backbone, inner_channels=32), torch.nn.Module)
+    for seq in DEFAULT_CONFIGS["recognizer"]["crnn"]:
+        build_recognizer("crnn", seq, num_classes=5, height=32)
+    with pytest.raises(UnknownArchitectureError, match=r"did you mean 'mobilenetv3'") as e:
+        build_detector("dbnet", "mobilenet_v3")
+    assert "resnet18" in str(e.value)
+    with pytest.raises(UnknownArchitectureError, match="known: dbnet"):
+        build_detector("east")
+    with pytest.raises(UnknownArchitectureError, match="did you mean 'bilstm'"):
+        build_recognizer("crnn", "lstm", num_classes=5, height=32)
+    with pytest.raises(ModelConfigError, match="did you mean 'inner_channels'"):
+        build_detector("dbnet", "resnet18", inner_channel=64)
+    with pytest.raises(ModelConfigError, match="multiple of 16"):
+        build_recognizer("crnn", "conv", num_classes=5, height=40)
+    with pytest.raises(ModelConfigError, match="num_classes"):
+        build_recognizer("crnn", "conv", num_classes=1, height=32)
+
+
+def test_detector_output_modes_and_shapes():
+    model = build_detector("dbnet", "resnet18", inner_channels=64, width_mult=0.25)
+    x = torch.randn(2, 3, 64, 96)
+    out = model.train()(x)
+    assert set(out) == {"prob", "thresh", "binary"}
+    for v in out.values():
+        assert v.shape == (2, 1, 64, 96) and float(v.min()) >= 0 and float(v.max()) <= 1
+    prob = model.eval()(x)
+    assert isinstance(prob, torch.Tensor) and prob.shape == (2, 1, 64, 96)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model(torch.randn(1, 3, 60, 64))
+
+
+def test_recognizer_output_shape():
+    for seq in ("bilstm", "conv"):
+        for h in (32, 48):
+            m = build_recognizer("crnn", seq, num_classes=11, height=h).eval()
+            assert m(torch.randn(3, 3, h, 96)).shape == (3, 24, 11)
+
+
+def test_mac_counter_hand_case_and_detector_budget():
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    assert count_macs(conv, torch.zeros(1, 3, 10, 10)).macs == 8 * 100 * 27
+    lstm = torch.nn.LSTM(4, 5, batch_first=True)
+    assert count_macs(lstm, torch.zeros(2, 7, 4)).macs == 2 * 7 * 4 * 5 * (4 + 5)
+    mob = count_macs(build_detector("dbnet", "mobilenetv3").eval(), torch.zeros(1, 3, 640, 640))
+    assert 1.0 < mob.gflops < 6.0  # "a few GFLOP" at 640x640: the edge default
+
+
+# ---------------------------------------------------------------------------- losses
+
+
+def _det_batch(h=64, w=64, empty=False):
+    polys = [] if empty else [np.array([[10, 20], [54, 20], [54, 40], [10, 40]], float)]
+    t = make_db_targets(polys, [False] * len(polys), h, w)
+    return {k: torch.from_numpy(v)[None] for k, v in t.items()}
+
+
+def test_db_loss_finite_on_empty_images_and_decreases():
+    model = build_detector("dbnet", "mobilenetv3", inner_channels=32).train()
+    loss_fn = DBLoss()
+    x = torch.randn(1, 3, 64, 64)
+    total, parts = loss_fn(model(x), _det_batch(empty=True))
+    assert torch.isfinite(total) and all(torch.isfinite(v) for v in parts.values())
+    total.backward()  # gradients exist: empty images still penalise false positives
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    batch = _det_batch()
+    opt = torch.optim.Adam(model.parameters(), 2e-3)
+    losses = []
+    for _ in range(8):
+        total, parts = loss_fn(model(x), batch)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        losses.append(float(total))
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert set(parts) == {"prob", "thresh", "binary"}
+
+
+def test_ctc_loss_finite_for_impossible_targets_and_decreases():
+    logits = torch.randn(2, 4, 6, requires_grad=True)
+    targets, lengths = encode_texts(["ABCDEFG", "AB"], "ABCDEFG")  # first needs > 4 steps
+    loss = ctc_loss(logits, targets, lengths)
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="not in the charset"):
+        encode_texts(["a?"], "a")
+
+
+# ---------------------------------------------------------------------------- overfitting
+
+
+def _recalibrate_bn(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Set BN running stats to this batch's (one cumulative pass), so eval mode matches train."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(x)
+
+
+def test_detector_overfits_two_images():
+    rects = [(20, 30, 100, 60), (30, 70, 110, 100)]
+    imgs, targets = [], []
+    for x0, y0, x1, y1 in rects:
+        img = np.full((128, 128, 3), 200, np.uint8)
+        img[y0:y1, x0:x1] = 30
+        img[y0 + 4 : y1 - 4 : 4, x0 + 4 : x1 - 4] = 220  # stripes, a little text-like
+        imgs.append(img)
+        quad = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], float)
+        targets.append(make_db_targets([quad], [False], 128, 128))
+    x = torch.from_numpy(np.concatenate([detector_input(i, 128)[0] for i in imgs]))
+    batch = {k: torch.from_numpy(np.stack([t[k] for t in targets])) for k in targets[0]}
+    model = build_detector("dbnet", "mobilenetv3")
+    opt = torch.optim.Adam(model.parameters(), 2e-3)
+    loss_fn = DBLoss()
+    pos = batch["shrink_map"] > 0
+    for _ in range(100):
+        model.train()
+        out = model(x)
+        loss, _ = loss_fn(out, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        prob = out["prob"].detach()[:, 0]
+        if prob[pos].mean() > 0.9 and prob[~pos].mean() < 0.05:
+            break
+    assert prob[pos].mean() > 0.9 and prob[~pos].mean() < 0.05
+    _recalibrate_bn(model, x)
+    with torch.no_grad():
+        prob = model.eval()(x)[:, 0].numpy()
+    for p, (x0, y0, x1, y1) in zip(prob, rects, strict=True):
+        boxes = db_boxes(p, 1.0, (128, 128), shrink_ratio=0.4)
+        assert len(boxes) >= 1
+        pts = boxes[0][0]
+        got = [pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()]
+        assert np.abs(np.array(got) - [x0, y0, x1, y1]).max() < 6, got
+
+
+def _render(text: str, height: int = 32) -> np.ndarray:
+    font = ImageFont.truetype(FONT, 22)
+    _, top, right, bottom = font.getbbox(text)
+    img = Image.new("RGB", (right + 8, height), (235, 235, 235))
+    ImageDraw.Draw(img).text((4, (height - bottom - top) // 2), text, font=font, fill=(20, 20, 20))
+    return np.asarray(img)
+
+
+@pytest.mark.parametrize(
+    ("sequence", "lr", "max_steps"), [("conv", 1e-3, 120), ("bilstm", 3e-3, 200)]
+)
+def test_recognizer_overfits_four_crops(sequence, lr, max_steps):
+    texts = ["SN 4821-77", "230V 50HZ", "IP55", "MODEL: X9"]
+    crops = [_render(t) for t in texts]
+    x = torch.from_numpy(recognizer_input(crops, 32, 160))
+    steps = torch.tensor(recognizer_widths(crops, 32, 160)) // 4
+    targets, lengths = encode_texts(texts, CHARSET)
+    model = build_recognizer("crnn", sequence, num_classes=len(CHARSET) + 1, height=32)
+    opt = torch.optim.Adam(model.parameters(), lr)
+    decoded: list[str] = []
+    for step in range(max_steps):
+        model.train()
+        loss = ctc_loss(model(x), targets, lengths, steps)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 20 == 19:
+            with torch.no_grad():
+                logits = model.eval()(x).numpy()
+            decoded = [t for t, _ in ctc_greedy_decode(logits, CHARSET, lengths=steps.tolist())]
+            if decoded == texts:
+                break
+    assert decoded == texts
+
+
+# ---------------------------------------------------------------------------- ONNX export
+
+
+def _export(model, x, path, names):
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_axes=names,
+    )
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_detector_onnx_dynamic_shapes(tmp_path):
+    model = build_detector("dbnet", "mobilenetv3").eval()
+    axes = {"input": {0: "n", 2: "h", 3: "w"}, "output": {0: "n", 2: "h", 3: "w"}}
+    sess = _export(model, torch.randn(1, 3, 64, 64), tmp_path / "det.onnx", axes)
+    for shape in [(1, 3, 96, 160), (2, 3, 128, 64)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        got = sess.run(None, {"input": x.numpy()})[0]
+        assert got.shape == ref.shape == (shape[0], 1, shape[2], shape[3])
+        assert np.abs(got - ref).max() < 1e-4
+
+
+@pytest.mark.parametrize("sequence", ["bilstm", "conv"])
+def test_recognizer_onnx_dynamic_batch_and_width(tmp_path, sequence):
+    model = build_recognizer("crnn", sequence, num_classes=len(CHARSET) + 1, height=32).eval()
+    axes = {"input": {0: "n", 3: "w"}, "output": {0: "n", 1: "t"}}
+    sess = _export(model, torch.randn(2, 3, 32, 64), tmp_path / "rec.onnx", axes)
+    for n, w in [(1, 160), (3, 48)]:
+        x = torch.randn(n, 3, 32, w)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        got = sess.run(None, {"input": x.numpy()})[0]
+        assert got.shape == ref.shape == (n, w // 4, len(CHARSET) + 1)
+        assert np.abs(got - ref).max() < 1e-4

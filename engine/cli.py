@@ -205,6 +205,58 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Read images with a bundle through the device runtime (no torch involved)."""
+    from .runtime.pipeline import predict_cli
+
+    argv = ["--bundle", args.bundle, *args.images]
+    if args.json:
+        argv.append("--json")
+    if args.precision:
+        argv += ["--precision", args.precision]
+    return int(predict_cli(argv))
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Switch hosts of a target back to their previous (or a named) release."""
+    from .deploy.releases import rollback
+    from .deploy.stage import _hosts, _transport
+    from .deploy.transport import DeployError
+    from .graph import Pipeline
+    from .stages import StageContext
+
+    pipeline = Pipeline(_load(args))
+    if args.target not in pipeline.loaded.profiles:
+        print(f"error: {args.target!r} is not a target of this recipe", file=sys.stderr)
+        return EXIT_USAGE
+    ctx = StageContext(
+        loaded=pipeline.loaded, name=f"rollback:{args.target}", kind="rollback", param=args.target,
+        run_dir=pipeline.run_dir, out_dir=pipeline.run_dir, upstream={}, log=_null_logger(),
+    )
+    hosts = [h for h in _hosts(ctx) if args.host is None or h == args.host]
+    if not hosts:
+        print(f"error: no host {args.host!r} in deploy.{args.target}.hosts", file=sys.stderr)
+        return EXIT_USAGE
+    status = EXIT_OK
+    for host in hosts:
+        try:
+            with _transport(ctx, host) as t:
+                release = rollback(t, args.to)
+            print(f"{host or 'local'}: current -> {release[:12]}")
+        except DeployError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = EXIT_FAILED
+    return status
+
+
+def _null_logger() -> Any:
+    import logging
+
+    log = logging.getLogger("engine.cli")
+    log.addHandler(logging.NullHandler())
+    return log
+
+
 # ------------------------------------------------------------------------------- parser
 
 
@@ -264,6 +316,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE")
     p.add_argument("--force", action="store_true")
     p.set_defaults(fn=cmd_init)
+
+    p = sub.add_parser("predict", help="read text in images with a built bundle")
+    p.add_argument("--bundle", required=True, metavar="DIR")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--precision", help="a candidate precision of the bundle (default: its active one)")
+    p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("rollback", help="switch a target's hosts back to the previous release")
+    with_recipe(p)
+    p.add_argument("--target", required=True)
+    p.add_argument("--host", help="only this host (default: every host of the target)")
+    p.add_argument("--to", metavar="RELEASE", help="a release hash prefix instead of the previous")
+    p.set_defaults(fn=cmd_rollback)
 
     p = sub.add_parser("data", help="dataset tools: synth, preview")
     data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)

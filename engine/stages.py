@@ -28,12 +28,12 @@ IMPLEMENTATIONS: dict[str, str | None] = {
     "data": "engine.data.stage:run",
     "train": "engine.training.stage:run_train",
     "evaluate": "engine.training.stage:run_evaluate",
-    "prune": None,
-    "export": None,
-    "build": None,
-    "verify": None,
-    "ship": None,
-    "check": None,
+    "prune": "engine.compress.stage:run_prune",
+    "export": "engine.compress.stage:run_export",
+    "build": "engine.compress.stage:run_build",
+    "verify": "engine.deploy.stage:run_verify",
+    "ship": "engine.deploy.stage:run_ship",
+    "check": "engine.deploy.stage:run_check",
 }
 
 _registered: dict[str, Callable[[StageContext], Any]] = {}

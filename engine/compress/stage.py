@@ -1,0 +1,300 @@
+"""The `prune`, `export` and `build:TARGET` stages.
+
+prune   best checkpoint -> structured channel pruning -> fine-tune -> ``<model>.pruned.pt``, with
+        params, MACs, ONNX latency and accuracy before and after.
+export  the pruned (or trained) models -> fp32 ONNX with dynamic axes, checked against torch on
+        real validation images.
+build   per target: the precisions the profile asks for (int8 calibrated on real training
+        images, fp16 + a TensorRT build plan for Jetsons, fp32), assembled into a bundle.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..stages import StageContext, StageFailed, StageResult
+
+N_SAMPLE_IMAGES = 3  # real validation images used for export parity and latency
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def _records(ctx: StageContext, split: str) -> list[Any]:
+    from ..training.datasets import detection_records
+
+    return detection_records(ctx.run_dir / "data" / "manifest.jsonl", split)
+
+
+def _crop_paths(ctx: StageContext, split: str) -> list[tuple[Path, str]]:
+    from ..data.manifest import read_crop_labels
+
+    return read_crop_labels(ctx.run_dir / "data" / "crops" / split)
+
+
+def detector_samples(ctx: StageContext, max_side: int, n: int = N_SAMPLE_IMAGES) -> list[np.ndarray]:
+    from ..data.manifest import load_image_rgb
+    from ..runtime.preprocess import detector_input
+
+    records = _records(ctx, "val") or _records(ctx, "train")
+    return [detector_input(load_image_rgb(r.image), max_side)[0] for r in records[:n]]
+
+
+def recognizer_samples(ctx: StageContext, n: int = 2, batch: int = 8) -> list[np.ndarray]:
+    from ..data.manifest import load_image_rgb
+    from ..runtime.preprocess import recognizer_input
+
+    crops = _crop_paths(ctx, "val") or _crop_paths(ctx, "train")
+    rec = ctx.recipe.models.recognizer
+    out = []
+    for i in range(n):
+        chunk = crops[i * batch : (i + 1) * batch] or crops[:batch]
+        out.append(recognizer_input([load_image_rgb(p) for p, _ in chunk], rec.height, rec.max_width))
+    return out
+
+
+def _load_model(ctx: StageContext, model: str) -> Any:
+    """The pruned model when the prune stage produced one, else the trained checkpoint."""
+    from ..training.tasks import model_from_checkpoint
+    from .prune import load_pruned
+
+    pruned = (ctx.upstream.get("prune") or {}).get("artifacts", {}).get(f"{model}_pruned")
+    if pruned:
+        return load_pruned(pruned)[0]
+    return model_from_checkpoint(ctx.upstream_artifact(f"train:{model}", f"{model}_checkpoint"))[0]
+
+
+# ------------------------------------------------------------------------------- prune
+
+
+def run_prune(ctx: StageContext) -> StageResult:
+    import torch
+
+    from ..training.ddp import resolve_factory
+    from ..training.loop import fit
+    from ..training.stage import task_spec, train_config
+    from ..training.tasks import model_from_checkpoint
+    from .export import export_onnx
+    from .latency import measure_latency
+    from .prune import prune_model, save_pruned
+
+    spec = ctx.recipe.optimize.prune
+    outputs, metrics, artifacts = [], {}, {}
+    keep = [k for k in spec.keep]
+    for model_name in spec.models:
+        ckpt = ctx.upstream_artifact(f"train:{model_name}", f"{model_name}_checkpoint")
+        model, meta = model_from_checkpoint(ckpt)
+        factory, kwargs = task_spec(ctx, model_name)
+        task = resolve_factory(factory)(**kwargs, model=model)
+        before_acc = task.validate(model) if task.metric else {}
+        if model_name == "detector":
+            samples = detector_samples(ctx, ctx.recipe.models.detector.input_size)
+            example = torch.from_numpy(samples[0])
+            build = {"kind": "detector", "arch": meta["arch"], "variant": meta["backbone"],
+                     "options": meta.get("model_options", {})}
+        else:
+            samples = recognizer_samples(ctx)
+            example = torch.from_numpy(samples[0])
+            build = {"kind": "recognizer", "arch": meta["arch"], "variant": meta["sequence"],
+                     "options": {**meta.get("model_options", {}), "num_classes": meta["num_classes"],
+                                 "height": meta["height"]}}
+        work = ctx.out_dir / model_name
+        work.mkdir(parents=True, exist_ok=True)
+        before_onnx = export_onnx(model, model_name, work / "before.onnx", samples, simplify=False)
+        before_lat = measure_latency(work / "before.onnx", samples[:1], threads=2, runs=10)
+        pruned, report = prune_model(model, example, spec.amount, spec.importance, keep=_keep(keep))
+        if spec.finetune_epochs > 0:
+            cfg = train_config(ctx, model_name, epochs=spec.finetune_epochs, run_dir=work)
+            cfg.name = f"prune:{model_name}"
+            task.model = pruned
+            fit(task, cfg)
+            pruned = task.model.eval()
+        after_acc = task.validate(pruned) if task.metric else {}
+        export_onnx(pruned, model_name, work / "after.onnx", samples, simplify=False)
+        after_lat = measure_latency(work / "after.onnx", samples[:1], threads=2, runs=10)
+        key = task.metric
+        m = {
+            "params_before": report["params_before"], "params_after": report["params_after"],
+            "macs_before": report["macs_before"], "macs_after": report["macs_after"],
+            "latency_ms_before": before_lat["median_ms"], "latency_ms_after": after_lat["median_ms"],
+            "latency_ratio": after_lat["median_ms"] / max(before_lat["median_ms"], 1e-9),
+            f"{key}_before": before_acc.get(key), f"{key}_after": after_acc.get(key),
+            "export_max_abs_diff": before_onnx.get("max_abs_diff"),
+        }
+        out = ctx.out_dir / f"{model_name}.pruned.pt"
+        save_pruned(out, pruned, build, extra={"meta": meta, "metrics": m})
+        for tmp in ("before.onnx", "after.onnx"):
+            (work / tmp).unlink(missing_ok=True)
+        outputs.append(out)
+        metrics.update({f"{model_name}_{k}": v for k, v in m.items()})
+        artifacts[f"{model_name}_pruned"] = str(out)
+    return StageResult(outputs=outputs, metrics=metrics, artifacts=artifacts)
+
+
+def _keep(extra: list[str]) -> tuple[str, ...]:
+    from .prune import DEFAULT_KEEP
+
+    return tuple(DEFAULT_KEEP) + tuple(extra)
+
+
+# ------------------------------------------------------------------------------- export
+
+
+def run_export(ctx: StageContext) -> StageResult:
+    from ..data.charset import expand_charset
+    from .export import ExportError, export_onnx
+
+    spec = ctx.recipe.optimize.export
+    outputs, metrics, artifacts = [], {}, {}
+    for model_name in ("detector", "recognizer"):
+        model = _load_model(ctx, model_name).eval()
+        if model_name == "detector":
+            side = ctx.recipe.models.detector.input_size
+            samples = detector_samples(ctx, side) + detector_samples(ctx, max(64, side // 2), n=1)
+        else:
+            samples = recognizer_samples(ctx)
+        out = ctx.out_dir / f"{model_name}.onnx"
+        try:
+            report = export_onnx(model, model_name, out, samples, ctx.recipe.optimize.export.opset,
+                                 spec.simplify, spec.atol)
+        except ExportError as exc:
+            raise StageFailed(f"export {model_name}: {exc}") from None
+        outputs.append(out)
+        artifacts[f"{model_name}_onnx"] = str(out)
+        metrics[f"{model_name}_max_abs_diff"] = report.get("max_abs_diff")
+        metrics[f"{model_name}_simplified"] = report.get("simplified")
+        metrics[f"{model_name}_bytes"] = out.stat().st_size
+    artifacts["charset"] = expand_charset(ctx.recipe.dataset.charset)
+    return StageResult(outputs=outputs, metrics=metrics, artifacts=artifacts)
+
+
+# ------------------------------------------------------------------------------- build
+
+
+def _int8(ctx: StageContext, work: Path, reduce_range: bool) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Calibrated static QDQ int8 of both models, on real training images and crops."""
+    from .quantize import ImageCalibrationReader, QuantizationError, quantize_static_qdq
+
+    cal = ctx.recipe.optimize.calibration
+    q = ctx.recipe.optimize.quantize
+    profile = ctx.profile
+    assert profile is not None
+    train_images = [r.image for r in _records(ctx, "train")]
+    train_crops = [p for p, _ in _crop_paths(ctx, "train")]
+    rec = ctx.recipe.models.recognizer
+    readers = {
+        "detector": ImageCalibrationReader.detector(train_images, profile.detector.max_side, cal.samples),
+        "recognizer": ImageCalibrationReader.recognizer(
+            train_crops, rec.height, rec.max_width, samples=cal.samples * 4, batch_size=8
+        ),
+    }
+    options = {"CalibPercentile": cal.percentile} if cal.method == "percentile" else None
+    paths, reports = {}, {}
+    for model_name, reader in readers.items():
+        fp32 = Path(ctx.upstream_artifact("export", f"{model_name}_onnx"))
+        out = work / "int8" / f"{model_name}.onnx"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            reports[model_name] = quantize_static_qdq(
+                fp32, out, reader, cal.method, q.per_channel, reduce_range,
+                nodes_to_exclude=q.exclude, calib_options=options,
+            )
+        except QuantizationError as exc:
+            raise StageFailed(f"int8 {model_name}: {exc}") from None
+        paths[model_name] = out
+    return paths, reports
+
+
+def _fp16(ctx: StageContext, work: Path) -> dict[str, Path]:
+    from .fp16 import FP16Error, convert_fp16
+
+    profile = ctx.profile
+    assert profile is not None
+    inputs = {"detector": detector_samples(ctx, profile.detector.max_side, n=2),
+              "recognizer": recognizer_samples(ctx, n=1)}
+    paths = {}
+    for model_name, samples in inputs.items():
+        fp32 = Path(ctx.upstream_artifact("export", f"{model_name}_onnx"))
+        out = work / "fp16" / f"{model_name}.onnx"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atol = 1e-2 if model_name == "detector" else 0.25  # logits span a wider range
+        try:
+            convert_fp16(fp32, out, samples, atol=atol)
+        except FP16Error as exc:
+            raise StageFailed(f"fp16 {model_name}: {exc}") from None
+        paths[model_name] = out
+    return paths
+
+
+def run_build(ctx: StageContext) -> StageResult:
+    from .bundle import build_bundle
+    from .tensorrt import tensorrt_build_plan, write_build_script
+
+    profile = ctx.profile
+    assert profile is not None and ctx.param
+    work = ctx.out_dir / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    q = ctx.recipe.optimize.quantize
+    reduce_range = q.reduce_range if q.reduce_range is not None else profile.reduce_range
+    fp32 = {m: Path(ctx.upstream_artifact("export", f"{m}_onnx")) for m in ("detector", "recognizer")}
+    models: dict[str, dict[str, Path]] = {"fp32": fp32}
+    metrics: dict[str, Any] = {"reduce_range": reduce_range}
+    if profile.runtime == "onnxruntime" and profile.precision in ("int8", "auto"):
+        models["int8"], reports = _int8(ctx, work, reduce_range)
+        metrics["int8_calibration"] = {m: r.get("method") for m, r in reports.items()}
+    extra_files: dict[str, Path] = {}
+    extra_meta: dict[str, Any] = {}
+    if profile.runtime == "tensorrt":
+        models["fp16"] = _fp16(ctx, work)
+        trt = profile.tensorrt
+        assert trt is not None
+        plans = {}
+        for model_name, shapes in (("detector", trt.detector_shapes), ("recognizer", trt.recognizer_shapes)):
+            plans[model_name] = tensorrt_build_plan(
+                f"models/fp16/{model_name}.onnx", "input", shapes.model_dump(), fp16=trt.fp16,
+                workspace_mb=trt.workspace_mb, trtexec=trt.trtexec,
+                timing_cache="timing.cache" if trt.timing_cache else None, trt_version=trt.version,
+            )
+        extra_meta["tensorrt"] = plans
+        script_dir = work / "trt"
+        for model_name, plan in plans.items():
+            path = write_build_script(plan, script_dir / model_name)
+            extra_files[f"build_engine_{model_name}.sh"] = path
+    active = profile.precision if profile.precision in models else ("int8" if "int8" in models else "fp32")
+    if profile.precision == "auto":
+        active = "int8"  # measured and switched by verify (local) or check (device)
+    rec = ctx.recipe.models.recognizer
+    pp = ctx.recipe.models.postprocess
+    bundle = build_bundle(
+        ctx.out_dir / "bundle",
+        models=models, active=active,
+        charset=ctx.upstream_artifact("export", "charset"),
+        detector={"input": "input", "max_side": profile.detector.max_side},
+        recognizer={"input": "input", "height": rec.height, "max_width": min(rec.max_width, profile.recognizer.max_width),
+                    "batch": profile.recognizer.batch},
+        postprocess={"thresh": pp.thresh, "box_thresh": pp.box_thresh, "unclip_ratio": pp.unclip_ratio,
+                     "min_text_score": pp.min_text_score},
+        threads=profile.threads, providers=profile.providers, runtime=profile.runtime,
+        target=ctx.param, arch=profile.arch,
+        recipe={"name": ctx.recipe.name, "hash": ctx.recipe.content_hash()},
+        val_records=_records(ctx, "val")[: ctx.recipe.verify.samples or 20],
+        extra_files=extra_files, extra_meta={**extra_meta, "exclusions": list(q.exclude), "built_on": platform.machine()},
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    from ..deploy.bundle import pack_bundle
+
+    archive = pack_bundle(bundle)
+    size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
+    metrics.update({"bundle_bytes": size, "candidates": sorted(models), "active": active})
+    return StageResult(
+        outputs=[bundle / "manifest.json", archive],
+        metrics=metrics,
+        artifacts={ctx.param: {"bundle": str(bundle), "archive": str(archive), "precision": active,
+                               "candidates": sorted(models), "size_bytes": size}},
+    )

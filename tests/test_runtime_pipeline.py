@@ -1,0 +1,238 @@
+"""The device pipeline: output structure, reading order, width batching, the CLIs.
+
+Reading order and batching are checked end to end with two tiny hand-written ONNX models whose
+behaviour is known exactly (real onnxruntime sessions, no mocks):
+
+* detector: prob = sigmoid(10·(R_norm − 1)) — red pixels are text, black is background;
+* recognizer: non-overlapping 32×4 windows (so batch padding cannot touch valid steps), each
+  window's logits = K·(u_c·G + v_c·R) (pixel values /127.5): the hue angle atan(G/R) picks the
+  character, independent of how much black is blended in at a box's edges; blank wins on black.
+
+A box painted (255, G, 0) therefore reads as the one letter of its G level.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from test_bundle import ROOT, export_small_models, small_bundle
+
+from engine.compress.bundle import build_bundle
+from engine.runtime import check
+from engine.runtime.pipeline import OCRPipeline, batch_by_width, predict_cli
+
+LEVELS = {"A": 40, "B": 100, "C": 170, "D": 240}  # G value per letter, R = 255
+CHARSET = "".join(LEVELS)
+
+
+def _detector_onnx(path: Path) -> Path:
+    w = np.zeros((1, 3, 1, 1), np.float32)
+    w[0, 0] = 10.0
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w", "b"], ["z"]),
+         helper.make_node("Sigmoid", ["z"], ["prob"])],
+        "hand_detector",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["n", 1, "h", "w"])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([-10.0], np.float32), "b")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _recognizer_onnx(path: Path, height: int = 32, k: float = 5.0) -> Path:
+    classes = len(CHARSET) + 1
+    w = np.zeros((classes, 3, height, 4), np.float32)
+    b = np.zeros(classes, np.float32)
+    b[0] = k * 0.5  # blank: beats every letter once the window is mostly black
+    for c, g in enumerate(LEVELS.values(), start=1):
+        theta = np.arctan2(g, 255.0)
+        u, v = np.sin(theta), np.cos(theta)  # unit direction in (G, R)
+        w[c, 1], w[c, 0] = k * u / (height * 4), k * v / (height * 4)
+        b[c] = k * (u + v)  # input is value/127.5 - 1: the +1 folded into the bias
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w", "b"], ["z"], strides=[height, 4]),
+         helper.make_node("Squeeze", ["z", "axes"], ["s"]),
+         helper.make_node("Transpose", ["s"], ["logits"], perm=[0, 2, 1])],
+        "hand_recognizer",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, height, "w"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", "t", classes])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"),
+         numpy_helper.from_array(np.array([2], np.int64), "axes")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def hand_bundle(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("hand")
+    models = {"fp32": {"detector": _detector_onnx(d / "det.onnx"),
+                       "recognizer": _recognizer_onnx(d / "rec.onnx")}}
+    return build_bundle(
+        d / "bundle", models=models, active="fp32", charset=CHARSET,
+        detector={"input": "input", "max_side": 256},
+        recognizer={"input": "input", "height": 32, "max_width": 256, "batch": 2},
+        postprocess={"thresh": 0.3, "box_thresh": 0.5, "unclip_ratio": 0.1, "min_text_score": 0.0},
+        threads=1, providers=["CPUExecutionProvider"], runtime="onnxruntime", target="local-cpu",
+        arch="x86_64", recipe={"name": "hand", "hash": "1" * 16},
+    )
+
+
+def _plate() -> tuple[np.ndarray, str]:
+    """Three lines; the second box of line 1 sits a little lower (skew), line 2 is written
+    right-to-left in drawing order, so neither y-sorting nor drawing order gives reading order."""
+    img = np.zeros((160, 256, 3), np.uint8)
+    boxes = [  # (letter, x0, y0, x1, y1) in drawing order
+        ("A", 150, 80, 220, 104), ("C", 20, 84, 120, 108),   # line 2: C A
+        ("D", 120, 26, 230, 50), ("B", 20, 20, 90, 44),      # line 1: B D
+        ("A", 60, 128, 100, 148),                            # line 3: A
+    ]
+    for letter, x0, y0, x1, y1 in boxes:
+        img[y0:y1, x0:x1] = (255, LEVELS[letter], 0)
+    return img, "BDCAA"
+
+
+def test_predict_structure_and_reading_order(hand_bundle):
+    pipe = OCRPipeline(hand_bundle)
+    img, expected = _plate()
+    lines = pipe.predict(img)
+    assert "".join(line["text"] for line in lines) == expected
+    for line in lines:
+        assert set(line) >= {"points", "text", "score"}
+        assert len(line["points"]) == 4 and all(len(p) == 2 for p in line["points"])
+        assert 0.0 <= line["score"] <= 1.0
+    json.dumps(lines)  # plain JSON types only
+    # boxes land on the painted rectangles (tiny unclip): first line's first box is B's
+    xs = [p[0] for p in lines[0]["points"]]
+    ys = [p[1] for p in lines[0]["points"]]
+    assert abs(min(xs) - 20) < 3 and abs(max(xs) - 90) < 3 and abs(min(ys) - 20) < 3
+    # min_text_score drops lines, timed_predict measures
+    strict = OCRPipeline(hand_bundle, verify=False)
+    strict.post_cfg = {**strict.post_cfg, "min_text_score": 1.01}
+    assert strict.predict(img) == []
+    again, ms = pipe.timed_predict(img)
+    assert again == lines and ms > 0
+    assert pipe.predict(np.zeros((50, 80, 3), np.uint8)) == []  # nothing to read
+
+
+def test_batching_by_width_matches_one_by_one(hand_bundle):
+    img, _ = _plate()
+    batched = OCRPipeline(hand_bundle)
+    single = OCRPipeline(hand_bundle)
+    single.rec_cfg = {**single.rec_cfg, "batch": 1}
+    crops = [img[y0:y1, x0:x1] for x0, y0, x1, y1 in
+             [(150, 80, 220, 104), (20, 84, 120, 108), (120, 26, 230, 50), (60, 128, 100, 148),
+              (20, 20, 90, 44)]]
+    a, b = batched.recognize(crops), single.recognize(crops)
+    assert [t for t, _ in a] == [t for t, _ in b] == ["A", "C", "D", "A", "B"]
+    assert np.allclose([s for _, s in a], [s for _, s in b], atol=1e-5)
+    assert batch_by_width([30, 10, 20, 10], 2) == [[1, 3], [2, 0]]
+    assert batch_by_width([], 4) == [] and batch_by_width([5], 0) == [[0]]
+
+
+def test_real_models_predict_and_clis(tmp_path):
+    """Untrained exported models: the documented structure, predict_cli and runtime.check."""
+    bundle = small_bundle(tmp_path / "bundle", {"fp32": export_small_models(tmp_path / "m")})
+    pipe = OCRPipeline(bundle)
+    image = bundle / "val" / json.loads((bundle / "val/labels.jsonl").read_text().splitlines()[0])["image"]
+    lines = pipe.predict_path(image)
+    assert lines  # the bundle's low threshold makes even an untrained detector find blobs
+    for line in lines:
+        assert isinstance(line["text"], str) and set(line["text"]) <= set(pipe.charset)
+        assert len(line["points"]) == 4
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert predict_cli([str(image), "--bundle", str(bundle), "--json"]) == 0
+    doc = json.loads(out.getvalue())
+    assert doc[0]["image"] == str(image) and doc[0]["lines"] == lines and doc[0]["latency_ms"] > 0
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert predict_cli(["--bundle", str(bundle), str(tmp_path / "missing.jpg"), str(image),
+                            "--json"]) == 1
+    doc = json.loads(out.getvalue())
+    assert "error" in doc[0] and doc[1]["lines"] == lines
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert check.main(["--bundle", str(bundle), "--limit", "2", "--runs", "2"]) == 0
+    res = json.loads(out.getvalue())
+    assert [p["image"] for p in res["predictions"]] == ["plate_4.jpg", "plate_1.jpg"]
+    assert res["latency_ms"]["runs"] == 4 and res["latency_ms"]["p90"] >= res["latency_ms"]["p50"]
+    assert res["peak_rss_mb"] > 10 and res["precision"] == "fp32"
+    assert set(res["versions"]) >= {"python", "onnxruntime", "numpy", "cv2", "machine"}
+    # as on a device: cwd = bundle, the bundle's own copy of the runtime, default bundle dir
+    run = subprocess.run([sys.executable, "-m", "runtime.predict", "val/images/plate_4.jpg", "--json"],
+                         cwd=bundle, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)[0]["lines"] == lines
+    (bundle / "requirements.txt").write_text("torch\n")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert check.main(["--bundle", str(bundle)]) == 1
+    err = json.loads(out.getvalue())
+    assert "requirements.txt" in err["error"] and err["problems"]
+
+
+def test_tensorrt_bundle_falls_back_to_onnxruntime(tmp_path, caplog):
+    """No TensorRT / GPU here: a tensorrt bundle still runs, on onnxruntime CPU, and says why."""
+    models = {"detector": _detector_onnx(tmp_path / "det.onnx"),
+              "recognizer": _recognizer_onnx(tmp_path / "rec.onnx")}
+    plans = {m: {"onnx": f"models/fp16/{m}.onnx", "engine": f"models/fp16/{m}.engine"}
+             for m in models}
+    bundle = build_bundle(
+        tmp_path / "bundle", models={"fp32": models, "fp16": models}, active="fp16",
+        charset=CHARSET, detector={"input": "input", "max_side": 256},
+        recognizer={"input": "input", "height": 32, "max_width": 256, "batch": 4},
+        postprocess={"thresh": 0.3, "box_thresh": 0.5, "unclip_ratio": 0.1, "min_text_score": 0.0},
+        threads=1, providers=["CUDAExecutionProvider", "CPUExecutionProvider"], runtime="tensorrt",
+        target="jetson-orin-nano", arch="aarch64", recipe={"name": "hand", "hash": "2" * 16},
+        extra_meta={"tensorrt": plans},
+    )
+    img, expected = _plate()
+    with caplog.at_level("WARNING", logger="runtime.pipeline"):
+        pipe = OCRPipeline(bundle)
+    assert "not built yet" in caplog.text
+    assert pipe.backend == "tensorrt:CPUExecutionProvider"
+    assert "".join(ln["text"] for ln in pipe.predict(img)) == expected
+    for m in models:  # engine files present (as if built) but no tensorrt module here
+        (bundle / plans[m]["engine"]).write_bytes(b"not an engine")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="runtime.pipeline"):
+        pipe = OCRPipeline(bundle)  # engines are device-built files outside the manifest
+    assert "TensorRT unavailable" in caplog.text and pipe.backend.endswith("CPUExecutionProvider")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="runtime.pipeline"):
+        OCRPipeline(bundle, precision="fp32")
+    assert "not the fp32 candidate" in caplog.text
+
+
+ALLOWED = {"numpy", "onnxruntime", "cv2", "pyclipper", "tensorrt", "cuda"}
+
+
+def test_runtime_imports_only_device_dependencies():
+    """engine/runtime is copied onto devices: stdlib + numpy/onnxruntime/cv2/pyclipper only
+    (tensorrt / cuda-python are optional, imported lazily by the TensorRT backend)."""
+    for path in sorted((ROOT / "engine" / "runtime").glob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: stays inside the runtime package
+                    continue
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top in ALLOWED or top in sys.stdlib_module_names, f"{path.name}: {name}"

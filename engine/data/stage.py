@@ -27,7 +27,7 @@ def synthetic_dirs(ctx: StageContext) -> tuple[Path, Path]:
     spec = ctx.recipe.dataset.synthetic
     charset = _expanded_charset(ctx)
     root = ctx.run_dir / "synthetic"
-    wanted = {"spec": spec.model_dump(mode="json"), "charset": charset, "format": 1}
+    wanted = {"spec": spec.model_dump(mode="json"), "charset": charset, "format": 2}
     marker = root / "spec.json"
     if marker.exists() and json.loads(marker.read_text()) == wanted:
         return root / "train", root / "val"

@@ -230,6 +230,12 @@ def icdar_line(line: Line) -> str:
     return f"{coords},{IGNORE_TEXT if line['ignore'] else line['text']}"
 
 
+def _rounded_area(points: Any) -> float:
+    pts = np.round(np.asarray(points, dtype=np.float64))
+    x, y = pts[:, 0], pts[:, 1]
+    return float(abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -254,7 +260,9 @@ def _write_one(args: tuple[Path, str, int, int, str, tuple[int, int], str]) -> P
         raise RuntimeError(f"could not encode {stem}.jpg")
     img_path = out_dir / "images" / f"{stem}.jpg"
     _atomic_write(img_path, buf.tobytes())
-    gt = "".join(icdar_line(ln) + "\n" for ln in lines)
+    # Integer coordinates can collapse a sliver clipped at the frame edge to zero area: drop it
+    # (the validator rightly rejects degenerate polygons).
+    gt = "".join(icdar_line(ln) + "\n" for ln in lines if _rounded_area(ln["points"]) >= 4.0)
     _atomic_write(out_dir / "gt" / f"gt_{stem}.txt", gt.encode("utf-8"))
     return img_path
 

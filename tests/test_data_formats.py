@@ -295,3 +295,19 @@ def test_labelstudio_rotated_view_rejected(tmp_path):
     with pytest.raises(DatasetError, match=r"task 2 \(id=3\), region 1r0: region was drawn on a "
                        r"view rotated by 90°"):
         get_reader("labelstudio").read(root)
+
+
+def test_labelimg_transcription_sidecar(tmp_path):
+    root = copy_example("labelimg", tmp_path)
+    xml = root / "annotations" / "plate_1.xml"
+    xml.write_text(xml.read_text().replace("<name>SERIAL NO: 4711-B</name>", "<name>text</name>"))
+    sidecar = xml.with_suffix(".txt")
+    sidecar.write_text("SERIAL NO: 4711-C\nSECOND\n###\n")
+    s = by_name(get_reader("labelimg").read(root))
+    lines = s["plate_1.jpg"].lines
+    assert [ln.text for ln in lines[:2]] == ["SERIAL NO: 4711-C", "SECOND"]
+    assert lines[2].ignore
+    sidecar.write_text("ONLY ONE\n")
+    with pytest.raises(DatasetError) as e:
+        get_reader("labelimg").read(root)
+    assert f"{sidecar}:1: 1 transcriptions for 3 <object> elements in plate_1.xml" in str(e.value)

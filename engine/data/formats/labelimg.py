@@ -1,7 +1,10 @@
 """LabelImg Pascal VOC XML (one ``<stem>.xml`` per image), plus roLabelImg's rotated boxes.
 
 Transcription: the object's ``<name>``.  LabelImg's class-name box accepts free text, which is how
-people use it for OCR; no sidecar file is read.  ``<name>###</name>`` or ``<difficult>1`` marks a
+people use it for OCR.  Teams that keep ``<name>`` as a class ("text") put the transcriptions in a
+sidecar ``<xml stem>.txt`` beside the XML instead: one line per ``<object>``, in document order;
+when the sidecar exists it wins, and a line count that differs from the objects is an error
+naming the sidecar.  ``<name>###</name>`` (or ``###`` in the sidecar) or ``<difficult>1`` marks a
 region to ignore.  Boxes: ``<bndbox>`` (xmin, ymin, xmax, ymax) becomes the quadrilateral
 TL, TR, BR, BL; roLabelImg's ``<robndbox>`` (cx, cy, w, h, angle in radians, clockwise) becomes
 the rotated rectangle with the same corner order.
@@ -128,9 +131,13 @@ class LabelImgReader(DatasetReader):
                 except ValueError:
                     problems.add(xp, size.line, "<size> width/height are not integers")
             sample = Sample(image, rel, str(xp), fn.line, size_hint=size_hint)
-            for obj in tree.findall("object"):
+            objects = tree.findall("object")
+            sidecar = self._sidecar(xp, len(objects), problems)
+            for i, obj in enumerate(objects):
                 name = obj.find("name")
                 text = name.text.strip() if name is not None else ""
+                if sidecar is not None:
+                    text = sidecar[i]
                 diff = obj.find("difficult")
                 ignore = text in IGNORE_TEXTS or (diff is not None and diff.text.strip() == "1")
                 points = self._box(obj, xp, problems)
@@ -138,6 +145,24 @@ class LabelImgReader(DatasetReader):
                     sample.lines.append(LabelLine(points, text, ignore, str(xp), obj.line))
             samples.append(sample)
         return samples, problems
+
+    @staticmethod
+    def _sidecar(xp: Path, n_objects: int, problems: ProblemList) -> list[str] | None:
+        path = xp.with_suffix(".txt")
+        if not path.is_file():
+            return None
+        try:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            problems.add(path, None, f"cannot read transcription sidecar: {e}")
+            return None
+        while lines and not lines[-1].strip():
+            lines.pop()
+        if len(lines) != n_objects:
+            problems.add(path, len(lines) or None,
+                         f"{len(lines)} transcriptions for {n_objects} <object> elements in {xp.name}")
+            return None
+        return [line.strip() for line in lines]
 
     @staticmethod
     def _box(obj: _Node, xp: Path, problems: ProblemList) -> list[list[float]] | None:

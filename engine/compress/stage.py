@@ -176,9 +176,66 @@ def run_export(ctx: StageContext) -> StageResult:
 # ------------------------------------------------------------------------------- build
 
 
+def onnx_metric(ctx: StageContext, model_name: str, limit: int = 10) -> Any:
+    """eval_fn(model_path) -> the model's own accuracy on val through onnxruntime (higher is better):
+    detection hmean for the detector, line accuracy for the recognizer."""
+    from ..data.manifest import load_image_rgb
+    from ..runtime.postprocess import ctc_greedy_decode, db_boxes
+    from ..runtime.preprocess import detector_input, recognizer_input, recognizer_widths
+    from ..training.metrics import detection_metrics
+    from .latency import make_session
+
+    profile = ctx.profile
+    assert profile is not None
+    pp = ctx.recipe.models.postprocess
+    rec = ctx.recipe.models.recognizer
+    if model_name == "detector":
+        records = (_records(ctx, "val") or _records(ctx, "train"))[:limit]
+        images = [load_image_rgb(r.image) for r in records]
+        inputs = [detector_input(img, profile.detector.max_side) for img in images]
+
+        def detector_fn(path: Any) -> float:
+            session = make_session(path, 2)
+            dets = []
+            for img, (x, scale) in zip(images, inputs, strict=True):
+                prob = session.run(None, {"input": x})[0]
+                dets.append(db_boxes(prob[0, 0], scale, img.shape[:2], thresh=pp.thresh,
+                                     box_thresh=pp.box_thresh, unclip_ratio=pp.unclip_ratio))
+            gts = [[ln.to_dict() for ln in r.lines] for r in records]
+            return float(detection_metrics(gts, dets)["hmean"])
+
+        return detector_fn
+    crops = (_crop_paths(ctx, "val") or _crop_paths(ctx, "train"))[: limit * 8]
+    images = [load_image_rgb(p) for p, _ in crops]
+    charset = ctx.upstream_artifact("export", "charset")
+
+    def recognizer_fn(path: Any) -> float:
+        session = make_session(path, 2)
+        correct = 0
+        for start in range(0, len(images), 16):
+            chunk = images[start : start + 16]
+            logits = session.run(None, {"input": recognizer_input(chunk, rec.height, rec.max_width)})[0]
+            lengths = [w // 4 for w in recognizer_widths(chunk, rec.height, rec.max_width)]
+            texts = ctc_greedy_decode(logits, charset, lengths=lengths)
+            correct += sum(t == gt for (t, _), (_, gt) in zip(texts, crops[start : start + 16], strict=True))
+        return correct / max(len(images), 1)
+
+    return recognizer_fn
+
+
 def _int8(ctx: StageContext, work: Path, reduce_range: bool) -> tuple[dict[str, Path], dict[str, Any]]:
-    """Calibrated static QDQ int8 of both models, on real training images and crops."""
-    from .quantize import ImageCalibrationReader, QuantizationError, quantize_static_qdq
+    """Calibrated static QDQ int8 of both models, on real training images and crops.
+
+    Accuracy guard: each model's int8 accuracy on val is compared with its fp32 export; when
+    the drop exceeds `optimize.quantize.max_drop`, the most quantization-sensitive nodes are kept
+    in float (few at a time, re-measured each step) and recorded in the bundle manifest.
+    """
+    from .quantize import (
+        ImageCalibrationReader,
+        QuantizationError,
+        find_sensitive_nodes,
+        quantize_static_qdq,
+    )
 
     cal = ctx.recipe.optimize.calibration
     q = ctx.recipe.optimize.quantize
@@ -195,18 +252,38 @@ def _int8(ctx: StageContext, work: Path, reduce_range: bool) -> tuple[dict[str, 
     }
     options = {"CalibPercentile": cal.percentile} if cal.method == "percentile" else None
     paths, reports = {}, {}
+    out_dir = work / "int8"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def int8_path(model_name: str, exclude: Any) -> Path:
+        return out_dir / (f"{model_name}.onnx" if not exclude else f"{model_name}.x{len(exclude)}.onnx")
+
     for model_name, reader in readers.items():
         fp32 = Path(ctx.upstream_artifact("export", f"{model_name}_onnx"))
-        out = work / "int8" / f"{model_name}.onnx"
-        out.parent.mkdir(parents=True, exist_ok=True)
+        cache = work / f"{model_name}.calibration.json"
+
+        def build(exclude: Any, fp32: Path = fp32, model_name: str = model_name, reader: Any = reader,
+                  cache: Path = cache) -> Path:
+            out = int8_path(model_name, exclude)
+            quantize_static_qdq(fp32, out, reader, cal.method, q.per_channel, reduce_range,
+                                nodes_to_exclude=[*q.exclude, *exclude], calib_options=options,
+                                calibration_cache=cache)
+            return out
+
         try:
-            reports[model_name] = quantize_static_qdq(
-                fp32, out, reader, cal.method, q.per_channel, reduce_range,
-                nodes_to_exclude=q.exclude, calib_options=options,
-            )
+            guard = find_sensitive_nodes(fp32, build, onnx_metric(ctx, model_name), q.max_drop,
+                                         budget=8, ranking_inputs=reader)
         except QuantizationError as exc:
             raise StageFailed(f"int8 {model_name}: {exc}") from None
-        paths[model_name] = out
+        final, chosen = int8_path(model_name, ()), int8_path(model_name, guard.excluded)
+        if chosen != final:
+            chosen.replace(final)
+        for stale in out_dir.glob(f"{model_name}.x*.onnx"):
+            stale.unlink()
+        reports[model_name] = guard.to_dict()
+        if not guard.met:
+            ctx.log.warning("int8 %s: drop still above max_drop after %d exclusions", model_name, len(guard.excluded))
+        paths[model_name] = final
     return paths, reports
 
 
@@ -247,7 +324,14 @@ def run_build(ctx: StageContext) -> StageResult:
     metrics: dict[str, Any] = {"reduce_range": reduce_range}
     if profile.runtime == "onnxruntime" and profile.precision in ("int8", "auto"):
         models["int8"], reports = _int8(ctx, work, reduce_range)
-        metrics["int8_calibration"] = {m: r.get("method") for m, r in reports.items()}
+        for m, r in reports.items():
+            metrics[f"{m}_fp32_metric"] = r["fp32_metric"]
+            metrics[f"{m}_int8_metric"] = r["final_metric"]
+            metrics[f"{m}_int8_excluded"] = len(r["excluded"])
+        extra_meta_guard = {m: {k: r[k] for k in ("excluded", "met", "fp32_metric", "final_metric")}
+                            for m, r in reports.items()}
+    else:
+        extra_meta_guard = {}
     extra_files: dict[str, Path] = {}
     extra_meta: dict[str, Any] = {}
     if profile.runtime == "tensorrt":
@@ -284,7 +368,8 @@ def run_build(ctx: StageContext) -> StageResult:
         target=ctx.param, arch=profile.arch,
         recipe={"name": ctx.recipe.name, "hash": ctx.recipe.content_hash()},
         val_records=_records(ctx, "val")[: ctx.recipe.verify.samples or 20],
-        extra_files=extra_files, extra_meta={**extra_meta, "exclusions": list(q.exclude), "built_on": platform.machine()},
+        extra_files=extra_files, extra_meta={**extra_meta, "exclusions": list(q.exclude), "int8_guard": extra_meta_guard,
+                    "built_on": platform.machine()},
     )
     shutil.rmtree(work, ignore_errors=True)
     from ..deploy.bundle import pack_bundle

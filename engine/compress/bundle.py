@@ -28,7 +28,7 @@ engine.runtime.bundle_manifest), all JSON:
   active precision is a one-key change);
 - ``charset`` (expanded, class i+1 = charset[i]); ``detector``: {input, max_side};
   ``recognizer``: {input, height, max_width, batch}; ``postprocess``: {thresh, box_thresh,
-  unclip_ratio, min_text_score}; ``threads``; ``providers``;
+  unclip_ratio, shrink_ratio, min_text_score}; ``threads``; ``providers``;
 - ``exclusions`` (int8 nodes kept in float), ``onnxruntime`` (the version that built and
   checked the models), ``versions`` (python, numpy, onnxruntime, opencv, pyclipper here),
   ``val``: {labels, count}; ``metrics``: {} until the lead's verify/check stages fill it

@@ -200,7 +200,8 @@ def onnx_metric(ctx: StageContext, model_name: str, limit: int = 10) -> Any:
             for img, (x, scale) in zip(images, inputs, strict=True):
                 prob = session.run(None, {"input": x})[0]
                 dets.append(db_boxes(prob[0, 0], scale, img.shape[:2], thresh=pp.thresh,
-                                     box_thresh=pp.box_thresh, unclip_ratio=pp.unclip_ratio))
+                                     box_thresh=pp.box_thresh, unclip_ratio=pp.unclip_ratio,
+                                     shrink_ratio=pp.shrink_ratio))
             gts = [[ln.to_dict() for ln in r.lines] for r in records]
             return float(detection_metrics(gts, dets)["hmean"])
 
@@ -363,7 +364,7 @@ def run_build(ctx: StageContext) -> StageResult:
         recognizer={"input": "input", "height": rec.height, "max_width": min(rec.max_width, profile.recognizer.max_width),
                     "batch": profile.recognizer.batch},
         postprocess={"thresh": pp.thresh, "box_thresh": pp.box_thresh, "unclip_ratio": pp.unclip_ratio,
-                     "min_text_score": pp.min_text_score},
+                     "shrink_ratio": pp.shrink_ratio, "min_text_score": pp.min_text_score},
         threads=profile.threads, providers=profile.providers, runtime=profile.runtime,
         target=ctx.param, arch=profile.arch,
         recipe={"name": ctx.recipe.name, "hash": ctx.recipe.content_hash()},

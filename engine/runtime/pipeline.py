@@ -262,8 +262,10 @@ class OCRPipeline:
         x, scale = detector_input(image, int(self.det_cfg["max_side"]))
         prob = self.detector.run(x)
         p = self.post_cfg
+        shrink = p.get("shrink_ratio")  # exact inverse of the training label shrink when set
         boxes = db_boxes(prob[0, 0], scale, image.shape[:2], thresh=float(p["thresh"]),
-                         box_thresh=float(p["box_thresh"]), unclip_ratio=float(p["unclip_ratio"]))
+                         box_thresh=float(p["box_thresh"]), unclip_ratio=float(p["unclip_ratio"]),
+                         shrink_ratio=float(shrink) if shrink is not None else None)
         return sort_reading_order(boxes)
 
     def recognize(self, crops: Sequence[np.ndarray]) -> list[tuple[str, float]]:

@@ -133,7 +133,8 @@ def task_spec(ctx: StageContext, model: str) -> tuple[str, dict[str, Any]]:
 
 def _postprocess(ctx: StageContext) -> dict[str, Any]:
     p = ctx.recipe.models.postprocess
-    return {"thresh": p.thresh, "box_thresh": p.box_thresh, "unclip_ratio": p.unclip_ratio}
+    return {"thresh": p.thresh, "box_thresh": p.box_thresh, "unclip_ratio": p.unclip_ratio,
+            "shrink_ratio": p.shrink_ratio}
 
 
 def run_train(ctx: StageContext) -> StageResult:

@@ -46,6 +46,23 @@ LOCK_FILE = ".lock"
 STAGE_ORDER = ("data", "train", "evaluate", "prune", "export", "build", "verify", "ship", "check")
 
 
+class _StateDB(SqliteDB):
+    """doit's sqlite backend, able to commit without closing.
+
+    doit writes task state only when the whole run ends; a run killed half way would forget
+    the stages it had finished. Committing after every successful stage keeps them.
+    """
+
+    def commit(self) -> None:
+        for task_id in self._dirty:
+            self._conn.execute(
+                "insert or replace into doit values (?,?)",
+                (task_id, self.codec.encode(self._cache[task_id])),
+            )
+        self._conn.commit()
+        self._dirty: set[str] = set()
+
+
 class GraphError(Exception):
     """A request the graph cannot serve (unknown stage, run already in progress...)."""
 
@@ -259,9 +276,10 @@ class RunReport:
 class _Reporter:
     """doit reporter that records what happened and prints one line per stage."""
 
-    def __init__(self, report: RunReport, console: Any):
+    def __init__(self, report: RunReport, console: Any, flush: Any = None):
         self.report = report
         self.console = console
+        self.flush = flush  # commits doit's state now, so a killed run keeps finished stages
         self._start: dict[str, float] = {}
 
     def initialize(self, tasks: Any, selected_tasks: Any) -> None:
@@ -276,6 +294,8 @@ class _Reporter:
 
     def add_success(self, task: Task) -> None:
         took = time.monotonic() - self._start.get(task.name, time.monotonic())
+        if self.flush is not None:
+            self.flush()
         self.report.executed.append(task.name)
         self.report.durations[task.name] = round(took, 3)
         self.console.print(f"[green]✓ {task.name}[/] [dim]({took:.1f} s)[/]")
@@ -342,7 +362,7 @@ class Pipeline:
     # -- doit -------------------------------------------------------------------------------
     def _dependency(self) -> Dependency:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        return Dependency(SqliteDB, str(self.run_dir / DB_FILE), checker_cls=MD5Checker)
+        return Dependency(_StateDB, str(self.run_dir / DB_FILE), checker_cls=MD5Checker)
 
     def _tasks(self) -> list[Task]:
         tasks = []
@@ -440,7 +460,8 @@ class Pipeline:
             dep = self._dependency()
             control = TaskControl(self._tasks())
             control.process(selected)
-            runner = Runner(dep, _Reporter(report, self.console), continue_=keep_going, stream=Stream(2))
+            reporter = _Reporter(report, self.console, flush=dep.backend.commit)
+            runner = Runner(dep, reporter, continue_=keep_going, stream=Stream(2))
             runner.run_all(control.task_dispatcher())
             ran = set(report.executed) | set(report.skipped) | set(report.failed)
             report.not_run += [n for n in selected if n not in ran and n not in report.not_run]

@@ -236,3 +236,33 @@ def test_cli_run_failing_stage_exit_code(tmp_path):
     summary = json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())
     assert list(summary["failed"]) == ["data"]
     assert "train:detector" in summary["not_run"]
+
+
+KILLER = """
+import os, sys
+sys.path.insert(0, {root!r})
+from engine import stages
+from engine.graph import Pipeline
+from engine.recipe import load_recipe
+import tests.test_graph as t
+
+def dies(ctx):
+    os._exit(9)  # the machine loses power mid-stage
+
+for kind in stages.IMPLEMENTATIONS:
+    stages.register(kind, t._stage)
+stages.register("export", dies)
+Pipeline(load_recipe({recipe!r}, ["workdir={workdir}"])).run()
+"""
+
+
+def test_killed_run_keeps_finished_stages(recipe_file, registered, tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    script = KILLER.format(root=str(root), recipe=str(recipe_file), workdir=tmp_path / "runs")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 9, proc.stderr
+    registered.clear()
+    report = _pipeline(recipe_file).run()
+    done_before = {"data", "train:detector", "train:recognizer", "evaluate", "prune"}
+    assert done_before.isdisjoint(report.executed), report.executed
+    assert "export" in report.executed and report.ok

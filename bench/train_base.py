@@ -46,7 +46,7 @@ def fresh_eval(detector: Path, recognizer: Path, count: int, seed: int) -> dict:
         prepare_dataset("icdar2015", raw, raw, prepared, "0-9A-Za-z -:./%()#+,")
         return evaluate_models(
             detector, recognizer, prepared / "manifest.jsonl", prepared / "crops",
-            {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.5, "shrink_ratio": 0.4},
+            {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.5, "shrink_ratio": None},
         )
 
 

@@ -117,7 +117,7 @@ class PostprocessSpec(Strict):
     box_thresh: float = Field(0.6, gt=0, lt=1, description="minimum mean probability of a box")
     unclip_ratio: float = Field(1.5, gt=0, le=5, description="classic DB unclip (shrink_ratio: null)")
     shrink_ratio: float | None = Field(
-        0.4, gt=0, lt=1, description="invert the training label shrink exactly; null = unclip_ratio"
+        None, gt=0, lt=1, description="invert this label shrink exactly instead of unclip_ratio"
     )
     min_text_score: float = Field(0.0, ge=0, le=1, description="lines below are dropped")
 

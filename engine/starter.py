@@ -19,8 +19,8 @@ dataset:
   on_unknown_char: error               # error | skip | replace
 
 models:
-  detector: {{arch: dbnet, backbone: mobilenetv3, input_size: 640, init: base}}
-  recognizer: {{arch: crnn, sequence: bilstm, height: 32, max_width: 320, init: base}}
+  detector: {{arch: dbnet, backbone: mobilenetv3, input_size: 640, train_size: 384, init: base}}
+  recognizer: {{arch: crnn, sequence: conv, height: 32, max_width: 320, init: base}}  # conv: all-int8 on devices
 
 train:
   epochs: 20                           # shared; override per model below

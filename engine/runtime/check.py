@@ -34,7 +34,19 @@ from .bundle_manifest import BundleError, verify_bundle
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """Peak resident memory of this process.
+
+    Linux: VmHWM from /proc/self/status, which starts afresh at exec; ru_maxrss does not (a
+    check launched from a big training process reported the parent's 17 GB peak). Elsewhere
+    ru_maxrss (KiB on Linux, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 

@@ -18,22 +18,13 @@ here because every submodule needs them and they must not drag a heavy import wi
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from pathlib import Path
 
+from ..fsutil import atomic_write_bytes, fsync_dir
+
 __all__ = ["atomic_write_bytes", "fsync_dir", "temp_path_beside"]
-
-
-def fsync_dir(directory: Path | str) -> None:
-    """fsync a directory so a just-completed ``os.replace`` survives a power cut."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def temp_path_beside(path: Path | str, suffix: str = ".tmp") -> Path:
@@ -55,14 +46,3 @@ def atomic_replace(tmp: Path | str, path: Path | str) -> None:
     fsync_dir(Path(path).parent)
 
 
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, replace)."""
-    tmp = temp_path_beside(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        atomic_replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

@@ -63,11 +63,13 @@ def run(ctx: StageContext) -> StageResult:
     from .summary import format_summary_table
 
     ds = ctx.recipe.dataset
+    val_dir: Path | None
     if ds.synthetic is not None:
         train_dir, val_dir = synthetic_dirs(ctx)
         fmt, label_file = "icdar2015", None
     else:
-        train_dir, val_dir = Path(ds.train), Path(ds.val) if ds.val else None  # type: ignore[arg-type]
+        assert ds.train is not None  # the schema requires train or synthetic
+        train_dir, val_dir = Path(ds.train), Path(ds.val) if ds.val else None
         fmt, label_file = ds.format, ds.labels
     val_label = (Path(val_dir) / label_file) if (val_dir and label_file) else None
     train_label = (Path(train_dir) / label_file) if label_file else None

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from engine.fsutil import atomic_write_bytes
 from engine.runtime.bundle_manifest import (
     FORMAT,
     MANIFEST_NAME,
@@ -62,19 +63,6 @@ def bundle_files(bundle_dir: str | os.PathLike[str]) -> list[str]:
     return sorted(out)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def finalize_bundle(bundle_dir: str | os.PathLike[str], meta: dict[str, Any]) -> dict[str, Any]:
     """Hash every file of ``bundle_dir`` and write its ``manifest.json``; return the manifest.
 
@@ -93,7 +81,7 @@ def finalize_bundle(bundle_dir: str | os.PathLike[str], meta: dict[str, Any]) ->
         **meta,
     }
     data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    _write_atomic(root / MANIFEST_NAME, data)
+    atomic_write_bytes(root / MANIFEST_NAME, data)
     return manifest
 
 

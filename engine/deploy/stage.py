@@ -38,7 +38,7 @@ def score_predictions(report: dict[str, Any], labels: dict[str, list[dict[str, A
         gts.append(labels[item["image"]])
         dets.append([(ln["points"], ln["score"]) for ln in lines])
         e2e.append([{"points": ln["points"], "text": ln["text"]} for ln in lines])
-    metrics = {"images": len(gts)}
+    metrics: dict[str, Any] = {"images": len(gts)}
     metrics.update({k: v for k, v in detection_metrics(gts, dets).items() if k in ("hmean", "precision", "recall")})
     metrics.update({k: v for k, v in end_to_end_metrics(gts, e2e).items() if k.startswith("e2e_")})
     metrics["latency_p50_ms"] = report["latency_ms"]["p50"]

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..fsutil import atomic_write_json
 from ..graph import ATTEMPT_FILE
 from ..stages import StageContext, StageFailed, StageResult
 
@@ -218,8 +219,6 @@ def evaluate_models(
 
 
 def run_evaluate(ctx: StageContext) -> StageResult:
-    from ..graph import atomic_write_json
-
     det = Path(ctx.upstream_artifact("train:detector", "detector_checkpoint"))
     rec = Path(ctx.upstream_artifact("train:recognizer", "recognizer_checkpoint"))
     data = ctx.run_dir / "data"

@@ -129,9 +129,11 @@ def compile_stages(loaded: LoadedRecipe) -> tuple[list[Stage], dict[str, str]]:
         }
         out.append(Stage(f"train:{model}", "train", model, ("data",), key, _init_files(loaded, model)))
     trained = ("train:detector", "train:recognizer")
-    out.append(
-        Stage("evaluate", "evaluate", None, ("data", *trained), {"models.postprocess": sec("models.postprocess")})
-    )
+    evaluate_key = {
+        "models.postprocess": sec("models.postprocess"),
+        "verify.recognizer": {k: sec(f"verify.{k}") for k in ("min_word_accuracy", "max_cer", "samples")},
+    }
+    out.append(Stage("evaluate", "evaluate", None, ("data", *trained), evaluate_key))
     export_needs: tuple[str, ...] = trained
     if r.optimize.prune.amount > 0:
         key = {

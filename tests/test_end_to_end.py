@@ -81,3 +81,12 @@ def test_rerun_executes_nothing(finished):
     report = again.run()
     assert report.executed == []
     assert report.ok
+
+
+def test_recognizer_bar_fails_evaluate_and_stops_downstream(finished):
+    from engine.recipe import load_recipe
+
+    strict = load_recipe(finished.loaded.path, [*finished.loaded.overrides, "verify.min_word_accuracy=0.99"])
+    report = Pipeline(strict).run()
+    assert "recognizer below the verify bars: word_accuracy" in report.failed["evaluate"]
+    assert "train:detector" not in report.executed

@@ -227,4 +227,13 @@ def run_evaluate(ctx: StageContext) -> StageResult:
     )
     out = ctx.out_dir / "metrics.json"
     atomic_write_json(out, metrics)
+    v = ctx.recipe.verify
+    missed = [
+        f"{name} {metrics[key]:.4g} {op} {bar}"
+        for name, key, bar, op in (("word_accuracy", "word_accuracy", v.min_word_accuracy, "<"),
+                                   ("cer", "cer", v.max_cer, ">"))
+        if bar is not None and (metrics[key] < bar if op == "<" else metrics[key] > bar)
+    ]
+    if missed:  # recognizer bars are judged on ground-truth crops, before any compression
+        raise StageFailed(f"recognizer below the verify bars: {'; '.join(missed)} (see {out})")
     return StageResult(outputs=[out], metrics=metrics, artifacts={"fp32_metrics": str(out)})

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -70,3 +71,26 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def replace_dir(tmp: Path | str, out: Path | str) -> None:
+    """Swap a fully written directory ``tmp`` into ``out`` (same filesystem) by renames.
+
+    ``out`` is always either the complete old directory or the complete new one: the old one is
+    first renamed aside (``.<name>.old-*``), restored if the second rename fails, then removed.
+    """
+    tmp, out = Path(tmp), Path(out)
+    old: Path | None = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        old.rmdir()
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

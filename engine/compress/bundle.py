@@ -54,6 +54,7 @@ from typing import Any
 from engine.deploy.bundle import finalize_bundle, pack_bundle
 from engine.runtime.bundle_manifest import BundleError, check_relpath, verify_bundle
 
+from ..fsutil import replace_dir
 from . import fsync_dir
 
 __all__ = [
@@ -210,26 +211,6 @@ def _copy_val(val_records: Sequence[Any], dst: Path, limit: int) -> int:
     return len(lines)
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` to ``out``; an old bundle is renamed aside first and removed
-    after, so ``out`` is always either the complete old bundle or the complete new one (a crash
-    between the two renames leaves the old one under ``.<name>.old-*``, restored on failure)."""
-    old: Path | None = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        old.rmdir()
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    fsync_dir(out.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def build_bundle(
     out_dir: str | os.PathLike[str],
     *,
@@ -308,7 +289,7 @@ def build_bundle(
         finalize_bundle(tmp, meta)
         fsync_dir(tmp)
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the bundle is read by a service user too
-        _swap_into_place(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

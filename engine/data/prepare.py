@@ -16,12 +16,12 @@ written one that doit would take for up to date.  Extra files that belong to the
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..fsutil import replace_dir
 from .charset import expand_charset
 from .crops import write_crops
 from .errors import DatasetError, ProblemList
@@ -71,22 +71,6 @@ def _assign_hash_split(records: list[ManifestRecord], root: Path, val_fraction: 
     for r in sorted(records, key=lambda r: names[id(r)]):
         by_sha.setdefault(r.sha256, "val" if names[id(r)] in val_set else "train")
         r.split = by_sha[r.sha256]
-
-
-def _commit(tmp: Path, out_dir: Path) -> None:
-    """Swap tmp into out_dir with renames (same filesystem), removing any previous out_dir."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        os.rename(out_dir, old)
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        if old is not None:
-            os.rename(old, out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def prepare_dataset(
@@ -171,7 +155,7 @@ def prepare_dataset(
         write_summary(tmp / "summary.json", summary)
         if before_commit is not None:
             before_commit(tmp, records)
-        _commit(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..fsutil import replace_dir
 from ..stages import StageContext, StageFailed, StageResult
 
 VAL_SEED_OFFSET = 1_000_003  # validation images never share a seed with training images
@@ -45,8 +46,7 @@ def synthetic_dirs(ctx: StageContext) -> tuple[Path, Path]:
             size=size, level=spec.level, workers=workers,
         )
     (tmp / "spec.json").write_text(json.dumps(wanted, sort_keys=True))
-    shutil.rmtree(root, ignore_errors=True)
-    os.replace(tmp, root)
+    replace_dir(tmp, root)
     return root / "train", root / "val"
 
 

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ..fsutil import replace_dir
 from ..stages import StageContext, StageFailed, StageResult
 
 # ------------------------------------------------------------------------------- scoring
@@ -131,15 +132,15 @@ def run_verify(ctx: StageContext) -> StageResult:
             f"{target}: {active} end-to-end line accuracy {chosen['e2e_line_accuracy']:.4f} drops "
             f"{chosen['drop_vs_fp32']:.4f} below the fp32 model (verify.max_drop {verify.max_drop})"
         )
-    out = ctx.out_dir / "bundle"
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(built, out)
+    out, tmp = ctx.out_dir / "bundle", ctx.out_dir / "bundle.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(built, tmp)
     meta.update(
         precision=active,
         verify={"measured_on": platform.machine(), "host_latency_is_device_latency": here, "candidates": results},
     )
-    finalize_bundle(out, meta)
+    finalize_bundle(tmp, meta)
+    replace_dir(tmp, out)
     missed = bars_failed(chosen, verify) if here else []
     notes = [f"bars missed on this machine: {', '.join(missed)}"] if missed else []
     if missed and ctx.profile.transport == "local":

@@ -26,13 +26,14 @@ import re
 import shlex
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from ..fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -176,17 +177,7 @@ class LocalTransport(_Base):
             return None
 
     def write_atomic(self, remote: str, data: bytes) -> None:
-        path = Path(remote)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(remote, data)
 
     def listdir(self, remote: str) -> list[str]:
         try:

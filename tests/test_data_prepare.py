@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -20,6 +21,7 @@ from engine.data.manifest import (
 )
 from engine.data.prepare import dataset_inputs, prepare_dataset
 from engine.data.summary import format_summary_table
+from engine.training.augment import RecAugConfig, cut_context
 
 EX = Path(__file__).resolve().parents[1] / "examples" / "datasets"
 
@@ -37,8 +39,13 @@ def test_prepare_icdar_with_val_dir(tmp_path):
     assert "9" in s["splits"]["all"]["charset_missing"]
     train = read_crop_labels(out / "crops" / "train")
     assert [t for _, t in train][:2] == ["SERIAL NO: 4711-B", "230V, 50Hz"]
-    first = Image.open(train[0][0])
-    assert first.mode == "RGB" and abs(first.width - 220) <= 1 and abs(first.height - 21) <= 1
+    first = Image.open(train[0][0])  # a 220x21 box with TRAIN_CONTEXT (0.5 h) on every side
+    assert first.mode == "RGB" and abs(first.width - 241) <= 1 and abs(first.height - 42) <= 1
+    assert json.loads((out / "crops" / "train" / "context.json").read_text()) == {"pad": 0.5}
+    tight = cut_context(np.asarray(first), 0.5, None, RecAugConfig())
+    assert abs(tight.shape[1] - 220) <= 1 and abs(tight.shape[0] - 21) <= 1
+    val_crop = Image.open(read_crop_labels(out / "crops" / "val")[0][0])  # val: exact boxes
+    assert not (out / "crops" / "val" / "context.json").exists() and val_crop.height < 40
     assert json.loads((out / "summary.json").read_text()) == s
     assert format_summary_table(s).row_count >= 5
     # nothing left behind next to out_dir

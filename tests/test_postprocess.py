@@ -213,3 +213,11 @@ def test_runtime_modules_do_not_import_torch():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_ctc_decode_drops_leading_and_trailing_spaces() -> None:
+    charset = " AB"
+    ids = [1, 0, 2, 2, 0, 1, 3, 1]  # " A" ... "B " with spaces at both ends and one inside
+    logits = np.full((1, len(ids), 4), -10.0, np.float32)
+    logits[0, np.arange(len(ids)), ids] = 10.0
+    assert ctc_greedy_decode(logits, charset)[0][0] == "A B"

@@ -16,6 +16,7 @@ from engine.training.augment import (
     RecAugConfig,
     augment_crop,
     augment_detection,
+    cut_context,
     random_scale_crop,
 )
 from engine.training.datasets import DetectionDataset, RecognitionCollate, RecognitionDataset
@@ -157,3 +158,47 @@ def test_augment_crop_keeps_shape_and_dtype() -> None:
     out = augment_crop(crop, np.random.default_rng(1), cfg)
     assert out.shape == crop.shape and out.dtype == np.uint8
     assert not np.array_equal(out, crop)
+
+
+def test_context_crop_margins_stay_inside_and_tight_cut_recovers_box() -> None:
+    from engine.data.crops import context_crop, expand_quad
+
+    quad = np.array([[10, 20], [110, 20], [110, 40], [10, 40]], dtype=np.float32)
+    grown = expand_quad(quad, 5.0)
+    assert np.allclose(grown, [[5, 15], [115, 15], [115, 45], [5, 45]])
+    tilted = np.array([[0, 0], [100, 10], [98, 30], [-2, 20]], dtype=np.float32)  # ~5.7° line
+    g = expand_quad(tilted, 4.0)
+    assert np.linalg.norm(g[1] - g[0]) == pytest.approx(np.linalg.norm(tilted[1] - tilted[0]) + 8, abs=0.1)
+
+    image = np.zeros((80, 160, 3), np.uint8)
+    image[20:40, 10:110] = 255  # the "text" box is white, its context black
+    crop = context_crop(image, quad, 0.5)
+    assert crop.shape[:2] == (40, 120)
+    tight = cut_context(crop, 0.5, None, RecAugConfig())
+    assert tight.shape[:2] == (20, 100) and tight.min() == 255
+    rng = np.random.default_rng(0)
+    cfg = RecAugConfig()
+    for _ in range(50):
+        cut = cut_context(crop, 0.5, rng, cfg)
+        h, w = cut.shape[:2]
+        assert 20 * (1 - 0.3) - 1 <= h <= 20 * (1 + 0.5) + 1
+        assert 100 - 4 - 1 <= w <= 100 + 2 * 0.45 * 20 + 1
+
+
+def test_bucketed_sampler_groups_widths_and_is_deterministic() -> None:
+    from engine.training.ddp import EpochShardSampler
+
+    rng = np.random.default_rng(1)
+    keys = list(rng.uniform(1, 12, 300))
+    s = EpochShardSampler(300, seed=3, keys=keys, batch_size=10)
+    s.set_epoch(2)
+    order = s.indices()
+    assert sorted(order) == list(range(300)) and order == s.indices()
+    spread = np.mean([np.ptp([keys[i] for i in order[k:k + 10]]) for k in range(0, 300, 10)])
+    plain = EpochShardSampler(300, seed=3)
+    plain.set_epoch(2)
+    p = plain.indices()
+    plain_spread = np.mean([np.ptp([keys[i] for i in p[k:k + 10]]) for k in range(0, 300, 10)])
+    assert spread < plain_spread / 4  # batches hold similar widths
+    s.set_epoch(3)
+    assert s.indices() != order  # and still reshuffle every epoch

@@ -14,7 +14,8 @@ Checks, each reported as ``file:line: message``:
 * orientation: quadrilaterals are made clockwise (y down) keeping the annotator's first point,
   which formats like ICDAR define as the text's top-left (so rotated text keeps its reading
   direction); a self-intersecting "bow-tie" quad is re-sorted by angle;
-* text: empty transcriptions on non-ignored lines, tabs/newlines (they cannot go in labels.tsv),
+* text: leading/trailing spaces are dropped (the CTC decoder drops them too); empty
+  transcriptions on non-ignored lines, tabs/newlines (they cannot go in labels.tsv),
   and characters outside the recipe's charset, with the policy:
 
   - ``error``: one problem per unknown character with its count and the first few file:line;
@@ -211,6 +212,7 @@ def validate_samples(samples: list[Sample], root: str | Path, split: str,
                 continue
             text, ignore = ln.text, ln.ignore
             if not ignore:
+                text = text.strip(" ")  # the recognizer's decoder strips the ends the same way
                 if not text.strip():
                     res.problems.add(ln.file, ln.line, "empty transcription (use ### to mark an "
                                      "unreadable region)", ln.where)

@@ -182,7 +182,9 @@ def ctc_greedy_decode(
 
     Softmax is applied unless the input already looks like probabilities (non-negative rows that
     sum to 1) or ``is_probs`` says so.  ``lengths`` limits each row to its valid steps (padded
-    batches: ``recognizer_widths(...)[i] // 4``).
+    batches: ``recognizer_widths(...)[i] // 4``).  Leading and trailing spaces are dropped: a
+    detector box with a margin around the text makes the recognizer emit them, and a text line
+    never starts or ends with one (engine.data.validate strips labels the same way).
     """
     x = np.asarray(logits_or_probs, dtype=np.float32)
     if x.ndim == 2:
@@ -206,7 +208,7 @@ def ctc_greedy_decode(
             continue
         keep = ids != 0
         keep[1:] &= ids[1:] != ids[:-1]
-        text = "".join(charset[j - 1] for j in ids[keep])
+        text = "".join(charset[j - 1] for j in ids[keep]).strip(" ")
         conf = float(ps[keep].mean()) if keep.any() else float(ps.mean())
         out.append((text, conf))
     return out

@@ -43,6 +43,10 @@ class DetAugConfig:
 class RecAugConfig:
     """Recognizer crop augmentation knobs."""
 
+    # Margins cut from context crops (fractions of the line height; negative eats into the text
+    # box): measured detector boxes run ~0.3 h wider than the labels and up to ~0.15 h short.
+    margin_x: tuple[float, float] = (-0.1, 0.45)
+    margin_y: tuple[float, float] = (-0.15, 0.25)
     perspective_p: float = 0.5
     perspective: float = 0.06  # corner jitter as a fraction of the crop's height/width
     blur_p: float = 0.2
@@ -235,6 +239,30 @@ def perspective_jitter(crop: np.ndarray, rng: np.random.Generator, amount: float
     return cv2.warpPerspective(
         crop, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
+
+
+def cut_context(
+    crop: np.ndarray, pad: float, rng: np.random.Generator | None, cfg: RecAugConfig
+) -> np.ndarray:
+    """Cut a text line out of a context crop (``engine.data.crops.context_crop``).
+
+    The crop holds the labelled box plus ``pad`` × its short side on every side.  With ``rng``
+    each side gets its own random margin from ``cfg.margin_x``/``margin_y`` (× the box height);
+    without, the labelled box itself is returned.
+    """
+    hh, ww = crop.shape[:2]
+    m = pad * min(hh, ww) / (1 + 2 * pad)
+    box_h = max(hh - 2 * m, 1.0)
+    if rng is None:
+        sides = np.zeros(4)
+    else:
+        sides = np.concatenate([rng.uniform(*cfg.margin_x, 2), rng.uniform(*cfg.margin_y, 2)])
+    left, right, top, bottom = np.minimum(sides * box_h, m)
+    x0, x1 = round(m - left), round(ww - m + right)
+    y0, y1 = round(m - top), round(hh - m + bottom)
+    x0, y0 = max(0, x0), max(0, y0)
+    x1, y1 = min(ww, max(x1, x0 + 2)), min(hh, max(y1, y0 + 2))
+    return crop[y0:y1, x0:x1]
 
 
 def augment_crop(crop: np.ndarray, rng: np.random.Generator, cfg: RecAugConfig) -> np.ndarray:

@@ -11,6 +11,7 @@ epoch's generator), so a resumed run augments epoch k exactly like the uninterru
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from engine.data.crops import CONTEXT_FILE
 from engine.data.errors import DatasetError, Problem
 from engine.data.manifest import ManifestRecord, load_image_rgb, read_crop_labels, read_manifest
 
-from .augment import DetAugConfig, RecAugConfig, augment_crop, augment_detection, fit_to_size
+from .augment import (
+    DetAugConfig,
+    RecAugConfig,
+    augment_crop,
+    augment_detection,
+    cut_context,
+    fit_to_size,
+)
 
 
 def sample_rng() -> np.random.Generator:
@@ -180,6 +189,8 @@ class RecognitionDataset(Dataset):
         self.augment = augment
         self.aug = aug or RecAugConfig()
         self.samples: list[tuple[Path, str, list[int]]] = []
+        context = self.crops_dir / CONTEXT_FILE  # train crops carry context (engine.data.crops)
+        self.context_pad = float(json.loads(context.read_text())["pad"]) if context.exists() else 0.0
         self.skipped: list[tuple[Path, str]] = []
         labels_tsv = self.crops_dir / "labels.tsv"
         problems: list[Problem] = []
@@ -207,11 +218,24 @@ class RecognitionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def bucket_keys(self) -> list[float]:
+        """Width/height of every crop (PNG headers only), for batching similar widths."""
+        from PIL import Image
+
+        keys = []
+        for path, _, _ in self.samples:
+            with Image.open(path) as im:
+                keys.append(im.width / max(im.height, 1))
+        return keys
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         path, text, ids = self.samples[index]
         crop = load_image_rgb(path)
-        if self.augment:
-            crop = augment_crop(crop, sample_rng(), self.aug)
+        rng = sample_rng() if self.augment else None
+        if self.context_pad:
+            crop = cut_context(crop, self.context_pad, rng, self.aug)
+        if rng is not None:
+            crop = augment_crop(crop, rng, self.aug)
         return {
             "image": crop,
             "text": text,

@@ -98,11 +98,23 @@ class EpochShardSampler(Sampler[int]):
     Like DistributedSampler, the index list is padded by wrapping so every rank gets the same
     number of samples (DDP requires equal step counts). With one process it is a plain seeded
     shuffle. The order depends on nothing but (seed, epoch): that is what makes resume exact.
+
+    With ``keys`` (one sort key per sample, e.g. a crop's aspect ratio) and ``batch_size``, each
+    rank's shuffled indices are cut into pools of `BUCKET_BATCHES` batches, every pool is sorted
+    by key and split into batches, and the batches are shuffled: batches hold crops of similar
+    width, so far less padding is computed, and the order is still a function of (seed, epoch).
     """
 
+    BUCKET_BATCHES = 32
+
     def __init__(
-        self, size: int, *, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1
+        self, size: int, *, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+        keys: Sequence[float] | None = None, batch_size: int = 0,
     ):
+        if keys is not None and len(keys) != size:
+            raise ValueError(f"{len(keys)} sort keys for {size} samples")
+        self.keys = list(keys) if keys is not None else None
+        self.batch_size = int(batch_size)
         self.size = int(size)
         self.seed = int(seed)
         self.shuffle = shuffle
@@ -124,7 +136,23 @@ class EpochShardSampler(Sampler[int]):
         total = self.per_rank * self.world_size
         if order and len(order) < total:
             order = (order * (total // len(order) + 1))[:total]
-        return order[self.rank : total : self.world_size]
+        mine = order[self.rank : total : self.world_size]
+        if self.keys is None or self.batch_size < 2 or not self.shuffle:
+            return mine
+        keys, bs = self.keys, self.batch_size
+        pool = bs * self.BUCKET_BATCHES
+        batches = [
+            chunk[i : i + bs]
+            for start in range(0, len(mine), pool)
+            for chunk in [sorted(mine[start : start + pool], key=lambda k: keys[k])]
+            for i in range(0, len(chunk), bs)
+        ]
+        perm = torch.randperm(
+            len(batches), generator=epoch_generator(self.seed + 1, self.epoch)
+        ).tolist()
+        full = [b for b in (batches[j] for j in perm) if len(b) == bs]
+        ragged = [b for b in batches if len(b) < bs]  # only the last pool can leave one: keep it last
+        return [i for b in full + ragged for i in b]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices())

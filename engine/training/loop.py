@@ -228,8 +228,10 @@ def _fit(
     n_samples = len(dataset)
     if n_samples == 0:
         raise TrainingError(f"{cfg.name}: the training set is empty")
+    bucket_keys = getattr(dataset, "bucket_keys", None)  # similar widths per batch (crops)
     sampler = ddp.EpochShardSampler(
-        n_samples, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size
+        n_samples, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size,
+        keys=bucket_keys() if callable(bucket_keys) else None, batch_size=cfg.batch_size,
     )
     iters = _batches_per_epoch(len(sampler), cfg)
     if iters == 0:

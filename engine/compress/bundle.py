@@ -10,6 +10,8 @@ A bundle is everything a device needs to read text, and nothing that needs torch
       models/<precision>/recognizer.onnx   for TensorRT): one sub-directory per precision
       runtime/*.py                       a copy of engine/runtime (importable as ``runtime``)
       requirements.txt                   numpy, onnxruntime, opencv-python-headless, pyclipper
+      requirements-serve.txt             fastapi, uvicorn, python-multipart: only for runtime.serve
+      ocr-recipe.service                 systemd unit template for runtime.serve (see its header)
       val/images/<name>                  a few validation images, byte-identical copies
       val/labels.jsonl                   their manifest lines, "image" relative to val/
       <extra files>                      e.g. build_engine_*.sh for TensorRT targets
@@ -85,6 +87,10 @@ _REQUIRED_KEYS = {
     "postprocess": ("thresh", "box_thresh", "unclip_ratio", "min_text_score"),
 }
 _RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
+_SERVICE_UNIT = Path(__file__).resolve().parent / "ocr-recipe.service"
+#: the HTTP service's extra packages; a separate file, so a device that only runs
+#: runtime.check / runtime.predict never installs them
+SERVE_REQUIREMENTS = ("fastapi>=0.100", "uvicorn>=0.23", "python-multipart>=0.0.9")
 
 
 def _dist_version(dist: str) -> str | None:
@@ -150,7 +156,8 @@ def _check_inputs(
         why = check_relpath(rel)
         if why:
             raise ValueError(f"extra file name {rel!r}: {why}")
-        if rel == "manifest.json" or rel.split("/")[0] in ("models", "runtime", "val") or rel == "requirements.txt":
+        if rel == "manifest.json" or rel.split("/")[0] in ("models", "runtime", "val") or rel in (
+                "requirements.txt", "requirements-serve.txt", _SERVICE_UNIT.name):
             raise ValueError(f"extra file {rel!r} would overwrite a bundle member")
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: extra file for {rel!r} does not exist")
@@ -261,6 +268,8 @@ def build_bundle(
                 _copy(src, tmp / relpaths[precision][name])
         _copy_runtime(tmp / "runtime")
         (tmp / "requirements.txt").write_text(requirements_text(), encoding="utf-8")
+        (tmp / "requirements-serve.txt").write_text("\n".join(SERVE_REQUIREMENTS) + "\n", encoding="utf-8")
+        _copy(_SERVICE_UNIT, tmp / _SERVICE_UNIT.name)
         n_val = _copy_val(val_records, tmp / "val", val_limit)
         for rel, src in extras.items():
             _copy(src, tmp / rel)

@@ -249,6 +249,20 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Rebuild RUN_DIR/report.html and report.md from what the stages last wrote."""
+    from .graph import Pipeline
+    from .report import write_pipeline_report
+
+    pipeline = Pipeline(_load(args))
+    if not pipeline.run_dir.is_dir():
+        print(f"error: {pipeline.run_dir}: no run directory yet (recipe run first)", file=sys.stderr)
+        return EXIT_FAILED
+    html_path, md_path = write_pipeline_report(pipeline)
+    print(f"wrote {html_path} and {md_path}")
+    return EXIT_OK
+
+
 def _null_logger() -> Any:
     import logging
 
@@ -331,6 +345,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", metavar="RELEASE", help="a release hash prefix instead of the previous")
     p.set_defaults(fn=cmd_rollback)
 
+    p = sub.add_parser("report", help="rebuild the run report (RUN_DIR/report.html, report.md)")
+    with_recipe(p)
+    p.set_defaults(fn=cmd_report)
+
+    sub.add_parser(  # dispatched in main() to its own parser
+        "prelabel", help="write a bundle's predictions as labels to correct (see `recipe prelabel -h`)"
+    )
+
+    sub.add_parser(  # dispatched in main() to runtime.serve's own parser
+        "serve", help="serve a bundle over HTTP: POST /ocr, /metrics (see `recipe serve -h`)"
+    )
+
     p = sub.add_parser("data", help="dataset tools: synth, preview")
     data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     data_sub.add_parser(  # dispatched in main() to the generator's own parser
@@ -350,6 +376,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .graph import GraphError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["prelabel"]:  # its own argument parser: `recipe prelabel -h`
+        from .prelabel import prelabel_cli
+
+        return int(prelabel_cli(argv[1:]))
+    if argv[:1] == ["serve"]:  # runtime.serve's own parser: `recipe serve --bundle DIR -h`
+        from .runtime.serve import serve_cli
+
+        return int(serve_cli(argv[1:], prog="recipe serve"))
     if argv[:2] == ["data", "synth"]:  # its own argument parser: `recipe data synth -h`
         from .data.synth import synth_cli
 

@@ -445,6 +445,13 @@ class Pipeline:
             ran = set(report.executed) | set(report.skipped) | set(report.failed)
             report.not_run += [n for n in selected if n not in ran and n not in report.not_run]
             self.write_summary(report)
+            try:  # report.html/report.md are a by-product: never fail a run over them
+                from .report import write_pipeline_report
+
+                write_pipeline_report(self)
+            except Exception as exc:
+                logging.getLogger("engine.report").warning("run report not written: %s", exc)
+                self.console.print(f"[yellow]run report not written: {exc}[/]")
         return report
 
     # -- plan / summary -------------------------------------------------------------------------

@@ -4,6 +4,7 @@ Layout under the host's install_dir (the same for every transport)::
 
     releases/<bundle_hash>.partial/   upload in progress (resumable: only bad files are re-sent)
     releases/<bundle_hash>/           a complete bundle, every file checked on the device
+                                      (Jetson: TensorRT engines built in it, tensorrt_remote.py)
     releases/history.jsonl            one JSON object per switch of ``current``
     current -> releases/<bundle_hash> the release in use
 
@@ -83,6 +84,7 @@ class ShipResult:
     reused: int = 0  # files already present and correct (resumed upload or existing release)
     removed: tuple[str, ...] = ()
     seconds: float = 0.0
+    tensorrt: dict[str, Any] | None = None  # the on-device engine build record (Jetson bundles)
 
 
 @dataclass(frozen=True)
@@ -278,9 +280,19 @@ def _sync(
 
 
 def ship(
-    t: Transport, bundle_dir: str | Path, keep: int = 3, *, python: str = "python3"
+    t: Transport,
+    bundle_dir: str | Path,
+    keep: int = 3,
+    *,
+    python: str = "python3",
+    trtexec: str | None = None,
 ) -> ShipResult:
-    """Install a finalized bundle as the host's current release; safe to rerun after any failure."""
+    """Install a finalized bundle as the host's current release; safe to rerun after any failure.
+
+    A bundle with ``runtime: tensorrt`` gets its engines built on the host (``trtexec``, default
+    the plan's path) after the sha256 check and before ``current`` moves; a failed build leaves
+    the previous release current (see tensorrt_remote.py).
+    """
     if keep < 1:
         raise ValueError(f"keep must be >= 1 (got {keep})")
     started = time.monotonic()
@@ -294,11 +306,22 @@ def ship(
     t.makedirs([_releases_dir(t)])
     previous = current_release(t)
     final = _release_dir(t, release)
+    engines: dict[str, Any] | None = None
+
+    def build(directory: str) -> dict[str, Any] | None:
+        if manifest.get("runtime") != "tensorrt":
+            return None
+        from .tensorrt_remote import build_engines
+
+        return build_engines(t, directory, manifest, trtexec=trtexec, python=python)
+
     if t.is_dir(final):  # shipped before: check it, repair in place if something changed
         sent, nbytes, reused = _sync(t, bundle, final, sums, python)
+        engines = build(final)
     else:
         partial = final + PARTIAL_SUFFIX
         sent, nbytes, reused = _sync(t, bundle, partial, sums, python)
+        engines = build(partial)  # a failed build leaves the .partial dir: a rerun resumes it
         t.rename(partial, final)
     changed = previous != release
     if changed:
@@ -316,6 +339,7 @@ def ship(
         reused=reused,
         removed=tuple(removed),
         seconds=round(time.monotonic() - started, 3),
+        tensorrt=engines,
     )
 
 

@@ -6,8 +6,10 @@ verify  runs the bundle through the device runtime (``python -m runtime.check`` 
         and writes the *verified* bundle: for ``precision: auto`` on this machine the fastest
         candidate within the accuracy bar becomes the active one.
 ship    installs the verified bundle on every host (local transport for local-cpu), in
-        parallel with bounded concurrency, optionally canary first; one host failing does not
-        stop the others.
+        parallel with bounded concurrency; one host failing does not stop the others, and the
+        hosts that did get the release are then checked at once (check would not run after a
+        failed ship). With ``canary`` the first host is shipped AND checked before the rest.
+        Jetson bundles get their TensorRT engines built on each host before the switch.
 check   runs the same check entry point on each host; below the recipe's bars the host is
         rolled back to its previous release and the stage fails.
 """
@@ -183,24 +185,28 @@ def _transport(ctx: StageContext, host: str | None) -> Any:
     )
 
 
-def _fleet(ctx: StageContext, work: Any) -> dict[str, dict[str, Any]]:
-    """Run ``work(host)`` on every host: canary first when asked, then bounded parallelism."""
+def _fleet(ctx: StageContext, work: Any, canary_work: Any = None) -> dict[str, dict[str, Any]]:
+    """Run ``work(host)`` on every host: canary first when asked, then bounded parallelism.
+
+    The canary runs ``canary_work`` when given (ship: install it AND check it), so a release
+    that fails on the first host never reaches the others.
+    """
     from .transport import DeployError
 
     deploy = ctx.recipe.deploy.get(ctx.param or "")
     hosts = _hosts(ctx)
     results: dict[str, dict[str, Any]] = {}
 
-    def one(host: str | None) -> None:
+    def one(host: str | None, fn: Any = work) -> None:
         name = host or "local"
         try:
-            results[name] = {"status": "ok", **work(host)}
+            results[name] = {"status": "ok", **fn(host)}
         except (DeployError, StageFailed, OSError) as exc:
             results[name] = {"status": "failed", "error": str(exc)}
 
     rest = hosts
     if deploy and deploy.canary and len(hosts) > 1:
-        one(hosts[0])
+        one(hosts[0], canary_work or work)
         rest = hosts[1:]
         if results[hosts[0] or "local"]["status"] != "ok":
             for host in rest:
@@ -242,6 +248,8 @@ def run_ship(ctx: StageContext) -> StageResult:
     bundle = Path(ctx.upstream_artifact(f"verify:{ctx.param}", f"{ctx.param}:verified")["bundle"])
     deploy = ctx.recipe.deploy.get(ctx.param)
     keep = deploy.keep_releases if deploy else 3
+    labels = bundle_labels(bundle)
+    trtexec = profile.tensorrt.trtexec if profile.tensorrt else None
 
     def work(host: str | None) -> dict[str, Any]:
         with _transport(ctx, host) as t:
@@ -254,45 +262,72 @@ def run_ship(ctx: StageContext) -> StageResult:
                     install_requirements(t, python, (bundle / "requirements.txt").read_text())
                     report = preflight(t, arch=arch, python=python, python_min=profile.python_min)
                 report.require()
-            result = ship(t, bundle, keep=keep, python=python)
-            return {"release": result.release[:12], "previous": (result.previous or "")[:12],
-                    "uploaded_bytes": result.uploaded_bytes, "seconds": round(result.seconds, 2)}
+            result = ship(t, bundle, keep=keep, python=python, trtexec=trtexec)
+            out = {"release": result.release[:12], "previous": (result.previous or "")[:12],
+                   "uploaded_bytes": result.uploaded_bytes, "seconds": round(result.seconds, 2)}
+            if result.tensorrt:
+                out["tensorrt"] = result.tensorrt.get("trt_version")
+            return out
 
-    results = _fleet(ctx, work)
-    table = _table(ctx, results, ["release", "previous", "uploaded_bytes", "seconds"])
+    def check_now(host: str | None) -> dict[str, Any]:
+        with _transport(ctx, host) as t:
+            m = check_host(ctx, t, sys.executable if host is None else profile.python, labels)
+        return {"check": f"ok: hmean {m['hmean']:.3g}, p50 {m['latency_p50_ms']:.4g} ms"}
+
+    results = _fleet(ctx, work, canary_work=lambda host: {**work(host), **check_now(host)})
+    if _failures(results):
+        # check:TARGET does not run after a failed ship, so hosts that did get the release are
+        # checked now (and rolled back if below the bar) instead of serving it unchecked.
+        for host in _hosts(ctx):
+            r = results[host or "local"]
+            if r["status"] == "ok" and "check" not in r:
+                try:
+                    r.update(check_now(host))
+                except Exception as exc:
+                    r.update(status="failed", check="failed", error=f"check: {exc}")
+    columns = ["release", "previous", "uploaded_bytes", "seconds", "check"]
+    if profile.runtime == "tensorrt":
+        columns.append("tensorrt")
+    table = _table(ctx, results, columns)
     if _failures(results):
         raise StageFailed(f"ship {ctx.param}: {_failures(results)}")
     return StageResult(outputs=[table], metrics={"hosts": len(results)},
                        artifacts={f"{ctx.param}:shipped": results})
 
 
-def run_check(ctx: StageContext) -> StageResult:
+def check_host(ctx: StageContext, t: Any, python: str, labels: dict[str, Any]) -> dict[str, Any]:
+    """``runtime.check`` in the host's current release, scored here; below the recipe's bars the
+    host is rolled back to its previous release and StageFailed is raised."""
     from .releases import current_release, rollback
 
+    verify = ctx.recipe.verify
+    release = current_release(t)
+    limit = f" --limit {verify.samples}" if verify.samples else ""
+    cmd = f"cd current && PYTHONDONTWRITEBYTECODE=1 {python} -m runtime.check --runs 2{limit}"
+    report = json.loads(t.run(cmd, timeout=1800).stdout)
+    m = score_predictions(report, labels)
+    m.update(release=(release or "")[:12], precision=report.get("precision"),
+             backend=report.get("backend"))
+    missed = bars_failed(m, verify)
+    if missed:
+        try:
+            m["rolled_back_to"] = rollback(t, python=python)[:12]
+        except Exception as exc:
+            m["rollback_error"] = str(exc)
+        raise StageFailed(f"below the bar ({'; '.join(missed)}); rolled back to "
+                          f"{m.get('rolled_back_to') or 'nothing (' + m['rollback_error'] + ')'}")
+    return m
+
+
+def run_check(ctx: StageContext) -> StageResult:
     profile = ctx.profile
     assert profile is not None and ctx.param
     bundle = Path(ctx.upstream_artifact(f"verify:{ctx.param}", f"{ctx.param}:verified")["bundle"])
     labels = bundle_labels(bundle)
-    verify = ctx.recipe.verify
 
     def work(host: str | None) -> dict[str, Any]:
         with _transport(ctx, host) as t:
-            python = sys.executable if host is None else profile.python
-            release = current_release(t)
-            limit = f" --limit {verify.samples}" if verify.samples else ""
-            cmd = f"cd current && PYTHONDONTWRITEBYTECODE=1 {python} -m runtime.check --runs 2{limit}"
-            report = json.loads(t.run(cmd, timeout=1800).stdout)
-            m = score_predictions(report, labels)
-            m.update(release=(release or "")[:12], precision=report.get("precision"))
-            missed = bars_failed(m, verify)
-            if missed:
-                try:
-                    back = rollback(t, python=python)
-                    m["rolled_back_to"] = back[:12]
-                except Exception as exc:
-                    m["rollback_error"] = str(exc)
-                raise StageFailed(f"below the bar ({'; '.join(missed)}); rolled back to {m.get('rolled_back_to', 'nothing')}")
-            return m
+            return check_host(ctx, t, sys.executable if host is None else profile.python, labels)
 
     results = _fleet(ctx, work)
     table = _table(ctx, results, ["release", "precision", "hmean", "e2e_line_accuracy", "latency_p50_ms"])

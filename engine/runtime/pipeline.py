@@ -15,7 +15,8 @@ box was still found (detection metrics count it), the caller sees ``text == ""``
 
 Backends.  onnxruntime everywhere, with the manifest's providers filtered to those this
 onnxruntime build offers (CPU always last).  TensorRT targets (``runtime == "tensorrt"``) use
-the engines ``build_engine_*.sh`` wrote on the device when ``tensorrt`` and a CUDA binding
+the engines built on the device (by the ship stage before the release went live, see
+engine/deploy/tensorrt_remote.py, or by ``build_engine_*.sh``) when ``tensorrt`` and a CUDA binding
 import; otherwise they fall back to onnxruntime with the TensorRT / CUDA execution providers
 if available, else CPU.  :attr:`OCRPipeline.backend` says which ran, and it is logged.
 """
@@ -224,7 +225,8 @@ class OCRPipeline:
                 _OrtModel(paths["recognizer"], rec_in, self.threads, providers))
 
     def _load_tensorrt(self, paths: dict[str, Path], inputs: dict[str, str]) -> tuple[Any, Any] | None:
-        """Engines written by build_engine_*.sh next to the ONNX files, or None (logged why).
+        """The engines at each plan's ``engine`` path in the bundle (where the ship stage's
+        on-device build and build_engine_*.sh both write them), or None (logged why).
 
         An engine is used only when its plan was made from the selected candidate's ONNX (an
         fp16 engine must not stand in for ``--precision fp32``).  Engines are built on the

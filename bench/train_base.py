@@ -1,11 +1,13 @@
 """Train the shipped base weights and score them on never-seen synthetic nameplates.
 
-    python bench/train_base.py                                  # full run (recipes/base-weights.yaml)
+    python bench/train_base.py                  # both rounds: base-weights.yaml, then -finetune
+    python bench/train_base.py --recipe recipes/base-weights-finetune.yaml   # round 2 only
     python bench/train_base.py --set train.epochs=1 --no-install   # a quick look, weights untouched
     python bench/train_base.py --eval-only                      # re-score the committed weights
 
-Runs the recipe up to `evaluate`, copies the best checkpoints (model weights + metadata only)
-into engine/weights/, then generates a fresh validation set with a seed never used for
+Runs each recipe (round 1 from scratch, round 2 continuing from round 1 via `init: base`) up to
+`evaluate`, copies its best checkpoints (model weights + metadata only) into engine/weights/
+after each round, then generates a fresh validation set with a seed never used for
 training and reports detector hmean, recognizer line accuracy and end-to-end line accuracy
 against the quality bar. Writes bench/results/base_weights.json.
 """
@@ -22,15 +24,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+ROUNDS = ("base-weights.yaml", "base-weights-finetune.yaml")
 BAR = {"hmean": 0.95, "line_accuracy": 0.97, "e2e_line_accuracy": 0.95}
 
 
-def install(checkpoint: Path, dest: Path) -> None:
+def install(checkpoint: Path, dest: Path, recipe: Path) -> None:
     from engine.training.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     meta = dict(ckpt.get("meta") or {})
-    meta["trained"] = {"epoch": ckpt.get("epoch"), "source": "recipes/base-weights.yaml"}
+    meta["trained"] = {"epoch": ckpt.get("epoch"), "source": f"recipes/{recipe.name}"}
     save_checkpoint(dest, {"model": ckpt["model"], "meta": meta})
     print(f"installed {dest} ({dest.stat().st_size / 1e6:.1f} MB)")
 
@@ -52,7 +55,7 @@ def fresh_eval(detector: Path, recognizer: Path, count: int, seed: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "base-weights.yaml")
+    parser.add_argument("--recipe", type=Path, action="append", help="default: both rounds")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--eval-count", type=int, default=100)
     parser.add_argument("--eval-seed", type=int, default=424242, help="never used for training")
@@ -64,22 +67,25 @@ def main() -> None:
     from engine.recipe import load_recipe
     from engine.training.stage import BASE_WEIGHTS_DIR, base_weights
 
-    loaded = load_recipe(args.recipe, args.set)
-    models = loaded.recipe.models
+    recipes = args.recipe or [ROOT / "recipes" / n for n in ROUNDS]
     started = time.time()
-    if args.eval_only:
-        det, rec = base_weights("detector", models.detector), base_weights("recognizer", models.recognizer)
-    else:
+    for path in recipes:
+        loaded = load_recipe(path, args.set)
+        models = loaded.recipe.models
+        if args.eval_only:
+            det = base_weights("detector", models.detector)
+            rec = base_weights("recognizer", models.recognizer)
+            break
         pipeline = Pipeline(loaded)
         report = pipeline.run(only=["evaluate"])
         if not report.ok:
-            raise SystemExit(f"training failed: {report.failed}")
+            raise SystemExit(f"training failed ({path}): {report.failed}")
         det = pipeline.run_dir / "train" / "detector" / "checkpoints" / "best.pt"
         rec = pipeline.run_dir / "train" / "recognizer" / "checkpoints" / "best.pt"
-        if not args.no_install:
+        if not args.no_install:  # the next round's `init: base` starts from these
             BASE_WEIGHTS_DIR.mkdir(exist_ok=True)
-            install(det, base_weights("detector", models.detector))
-            install(rec, base_weights("recognizer", models.recognizer))
+            install(det, base_weights("detector", models.detector), path)
+            install(rec, base_weights("recognizer", models.recognizer), path)
     metrics = fresh_eval(det, rec, args.eval_count, args.eval_seed)
     rows = [(k, metrics[k], bar, metrics[k] >= bar) for k, bar in BAR.items()]
     print(f"\n{'metric (fresh seed)':24s} {'value':>7s} {'bar':>6s}  met")
@@ -89,7 +95,7 @@ def main() -> None:
     out = ROOT / "bench" / "results" / "base_weights.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {
-        "recipe": str(args.recipe), "overrides": args.set, "eval_seed": args.eval_seed,
+        "recipes": [str(p) for p in recipes], "overrides": args.set, "eval_seed": args.eval_seed,
         "eval_count": args.eval_count, "metrics": metrics, "bar": BAR,
         "seconds": round(time.time() - started, 1),
     }

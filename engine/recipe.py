@@ -132,7 +132,7 @@ class ModelsSpec(Strict):
 
 _TRAIN_KNOBS: dict[str, tuple[Any, dict[str, Any]]] = {
     # name: (type, constraints) -- shared by `train:` and its per-model override sections
-    "epochs": (int, {"ge": 1, "le": 100_000}),
+    "epochs": (int, {"ge": 0, "le": 100_000}),  # 0: use the model's `init` as it is
     "batch_size": (int, {"ge": 1, "le": 4096}),
     "lr": (float, {"gt": 0, "le": 10}),
     "min_lr": (float, {"ge": 0, "le": 10}),
@@ -172,6 +172,15 @@ class TrainSpec(TrainOverrides):
     amp: bool = Field(True, description="mixed precision (CUDA only)")
     gpus: int = Field(1, ge=1, le=64, description="> 1 launches torchrun with DDP")
     host: str | None = Field(None, description="remote GPU host (user@host:port) to train on")
+    remote_dir: str = Field(
+        "~/ocr-recipe-train", description="with `host`: job directory on the host (~ = its home)"
+    )
+    python: str = Field(
+        "python3", description="with `host`: Python command on the host (project + torch installed)"
+    )
+    trust_on_first_use: bool = Field(False, description="with `host`: accept an unknown host key")
+    known_hosts: Path | None = Field(None, description="with `host`: extra known_hosts file")
+    ssh_config: Path | None = Field(None, description="with `host`: ssh config (default ~/.ssh/config)")
     workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes")
     detector: TrainOverrides = TrainOverrides()
 
@@ -203,6 +212,9 @@ class PruneSpec(Strict):
     models: list[Literal["detector", "recognizer"]] = ["detector"]
     keep: list[str] = Field(["head"], description="module name prefixes never pruned")
     finetune_epochs: int = Field(5, ge=0, le=10_000)
+    finetune_lr: float | None = Field(
+        None, gt=0, le=10, description="fine-tuning learning rate after pruning; null: the model's train lr"
+    )
 
 
 class ExportSpec(Strict):
@@ -293,6 +305,14 @@ class Recipe(Strict):
         if not v:
             raise ValueError("name at least one target profile (`recipe targets` lists them)")
         return v
+
+    @model_validator(mode="after")
+    def _untrained_models_need_init(self) -> Recipe:
+        for model in ("detector", "recognizer"):
+            if self.train.for_model(model)["epochs"] == 0 and getattr(self.models, model).init is None:
+                raise ValueError(f"train epochs 0 for the {model} means `models.{model}.init` is "
+                                 "used as it is: set it to 'base' or a checkpoint path")
+        return self
 
     @property
     def run_dir(self) -> Path:

@@ -90,3 +90,34 @@ def test_recognizer_bar_fails_evaluate_and_stops_downstream(finished):
     report = Pipeline(strict).run()
     assert "recognizer below the verify bars: word_accuracy" in report.failed["evaluate"]
     assert "train:detector" not in report.executed
+
+
+def test_epochs_zero_uses_init_as_it_is(tmp_path: Path) -> None:
+    """`train: {epochs: 0}` (re-quantizing an existing model): the base weights become best.pt
+    without an optimizer step, and evaluate scores them."""
+    import torch
+
+    from engine.training.checkpoint import load_checkpoint
+    from engine.training.stage import base_weights
+
+    recipe = tmp_path / "requantize.yaml"
+    recipe.write_text(RECIPE.replace("init: null", "init: base").replace("epochs: 1", "epochs: 0"))
+    loaded = load_recipe(recipe, [f"workdir={tmp_path / 'runs'}", "verify.samples=1"])
+    pipeline = Pipeline(loaded)
+    report = pipeline.run(only=["evaluate"])
+    assert report.ok, report.failed
+    result = json.loads((pipeline.run_dir / "train" / "detector" / "result.json").read_text())
+    assert result["metrics"]["epochs"] == 0
+    best = load_checkpoint(pipeline.run_dir / "train" / "detector" / "checkpoints" / "best.pt")
+    base = load_checkpoint(base_weights("detector", loaded.recipe.models.detector))
+    assert all(torch.equal(best["model"][k], v) for k, v in base["model"].items())
+    assert (pipeline.run_dir / "evaluate" / "metrics.json").exists()
+
+
+def test_epochs_zero_without_init_is_a_recipe_error(tmp_path: Path) -> None:
+    from engine.config import ConfigError
+
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(RECIPE.replace("epochs: 1", "epochs: 0"))
+    with pytest.raises(ConfigError, match=r"models\.detector\.init"):
+        load_recipe(recipe)

@@ -111,6 +111,8 @@ def run_prune(ctx: StageContext) -> StageResult:
         if spec.finetune_epochs > 0:
             cfg = train_config(ctx, model_name, epochs=spec.finetune_epochs, run_dir=work)
             cfg.name = f"prune:{model_name}"
+            if spec.finetune_lr is not None:  # a pruned net usually needs more than a fine-tune lr
+                cfg.lr = spec.finetune_lr
             task.model = pruned
             fit(task, cfg)
             pruned = task.model.eval()

@@ -81,8 +81,11 @@ def remap_charset(init: str, charset: str, out_path: Path) -> tuple[str, dict[st
     return str(out_path), {"kept": kept, "new": len(charset) - kept}
 
 
-def _fresh_or_resume(ctx: StageContext) -> None:
-    """Keep checkpoints of an interrupted attempt with the same key; otherwise start clean."""
+def _fresh_or_resume(ctx: StageContext) -> bool:
+    """Keep checkpoints of an interrupted attempt with the same key; otherwise start clean.
+
+    Returns True for a fresh start (remote training then clears the host's run directory too).
+    """
     marker = ctx.out_dir / ATTEMPT_FILE
     previous = json.loads(marker.read_text()) if marker.exists() else None
     if previous != {"key": ctx.key}:
@@ -93,6 +96,8 @@ def _fresh_or_resume(ctx: StageContext) -> None:
             elif path.exists():
                 path.unlink()
         marker.write_text(json.dumps({"key": ctx.key}))
+        return True
+    return False
 
 
 def train_config(ctx: StageContext, model: str, *, epochs: int | None = None, run_dir: Path | None = None) -> Any:
@@ -145,7 +150,7 @@ def run_train(ctx: StageContext) -> StageResult:
 
     model = ctx.param or "detector"
     init = resolve_init(ctx, model)
-    _fresh_or_resume(ctx)
+    fresh = _fresh_or_resume(ctx)
     cfg = train_config(ctx, model)
     factory, kwargs = task_spec(ctx, model)
     notes = []
@@ -154,11 +159,16 @@ def run_train(ctx: StageContext) -> StageResult:
         if counts["new"]:
             notes.append(f"charset differs from the init checkpoint: {counts['new']} new characters")
     cfg.init = init
+    if cfg.epochs == 0:  # re-quantize / re-target an existing model: `init` as it is
+        return _init_as_result(ctx, model, init, notes)
     gpus = ctx.recipe.train.gpus
-    if ctx.recipe.train.host:
-        raise StageFailed("train.host (remote GPU training) is not implemented yet")
     try:
-        result = run_training(factory, kwargs, cfg, gpus=gpus)
+        if ctx.recipe.train.host:  # same job on a GPU host over SSH; checkpoints come back here
+            from .remote import run_remote_training
+
+            result = run_remote_training(ctx, factory, kwargs, cfg, gpus=gpus, fresh=fresh)
+        else:
+            result = run_training(factory, kwargs, cfg, gpus=gpus)
     except (TrainingError, CheckpointError) as exc:
         raise StageFailed(str(exc)) from None
     final = Path(result.best or result.last)  # checkpoints/best.pt with its sha256 sidecar
@@ -175,6 +185,26 @@ def run_train(ctx: StageContext) -> StageResult:
         metrics=metrics,
         artifacts={f"{model}_checkpoint": str(final), f"{model}_curves": str(curves)},
         notes=notes,
+    )
+
+
+def _init_as_result(ctx: StageContext, model: str, init: str | None, notes: list[str]) -> StageResult:
+    """``epochs: 0``: the init checkpoint becomes checkpoints/best.pt untouched (weights+meta)."""
+    from .checkpoint import load_checkpoint, save_checkpoint, sidecar_path
+
+    if not init:  # the recipe validator already refuses this; kept for direct callers
+        raise StageFailed(f"train epochs 0 for the {model} needs models.{model}.init")
+    ckpt = load_checkpoint(init, verify=sidecar_path(init).is_file())  # as fine-tuning loads it
+    if "meta" not in ckpt:
+        raise StageFailed(f"{init}: no model metadata (arch, charset): train at least one epoch")
+    final = ctx.out_dir / "checkpoints" / "best.pt"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(final, {"model": ckpt["model"], "meta": ckpt.get("meta") or {}})
+    return StageResult(
+        outputs=[final],
+        metrics={"epochs": 0, "steps": 0, "init": Path(init).name},
+        artifacts={f"{model}_checkpoint": str(final)},
+        notes=[*notes, f"epochs 0: {Path(init).name} used as it is"],
     )
 
 

@@ -33,7 +33,7 @@ CASES: list[tuple[str, str, list[str], list[str]]] = [
     ("wrong type float", BASE + "train:\n  lr: fast\n", [],
      ["5:7: error: train.lr: should be a valid number"]),
     ("negative epochs", BASE + "train:\n  epochs: -3\n", [],
-     ["5:11: error: train.epochs: should be greater than or equal to 1 (got -3)"]),
+     ["5:11: error: train.epochs: should be greater than or equal to 0 (got -3)"]),
     ("zero batch size per model", BASE + "train:\n  recognizer:\n    batch_size: 0\n", [],
      ["6:17: error: train.recognizer.batch_size: should be greater than or equal to 1 (got 0)"]),
     ("bad enum with suggestion", BASE + "models:\n  detector: {backbone: resnet19}\n", [],
@@ -91,9 +91,9 @@ CASES: list[tuple[str, str, list[str], list[str]]] = [
     ("empty file", "", [], ["1:1: error: (root): the recipe is empty"]),
     ("verify bar above one", BASE + "verify: {min_hmean: 1.2}\n", [],
      ["4:21: error: verify.min_hmean: should be less than or equal to 1 (got 1.2)"]),
-    ("several errors at once", BASE + "train: {epochs: 0, lr: x}\ntargets: [rpi9]\n", [],
-     ["4:17: error: train.epochs: should be greater than or equal to 1",
-      "4:24: error: train.lr: should be a valid number",
+    ("several errors at once", BASE + "train: {epochs: -1, lr: x}\ntargets: [rpi9]\n", [],
+     ["4:17: error: train.epochs: should be greater than or equal to 0",
+      "4:25: error: train.lr: should be a valid number",
       '5:11: error: targets[0]: unknown target \'rpi9\'']),
 ]
 
@@ -198,13 +198,13 @@ def test_cli_validate_exit_codes(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text(BASE)
     bad = tmp_path / "bad.yaml"
-    bad.write_text(BASE + "train: {epochs: 0}\n")
+    bad.write_text(BASE + "train: {epochs: -2}\n")
     cmd = [sys.executable, "-m", "engine.cli", "validate"]
     ok = subprocess.run([*cmd, str(good)], capture_output=True, text=True)
     assert ok.returncode == 0 and "ok" in ok.stdout
     out = subprocess.run([*cmd, str(good), str(bad)], capture_output=True, text=True)
     assert out.returncode == 1
-    assert out.stderr.strip() == f"{bad}:4:17: error: train.epochs: should be greater than or equal to 1 (got 0)"
+    assert out.stderr.strip() == f"{bad}:4:17: error: train.epochs: should be greater than or equal to 0 (got -2)"
     assert "Traceback" not in out.stderr
 
 

@@ -22,7 +22,10 @@ MinMax for large sample counts.  Random tensors are never used: their activation
 
 ``reduce_range=True`` quantizes weights to 7 bits: onnxruntime's U8S8 kernels on AVX2 CPUs
 without VNNI can saturate the 16-bit intermediate sums, which made x86 and arm64 int8 outputs
-differ (1.4e-2 on a small model); with reduce_range they matched bit for bit.
+differ (1.4e-2 on a small model); with reduce_range they matched bit for bit.  Whether it
+pays depends on the model and the CPU, so each target profile decides (``reduce_range``):
+on the fine-tuned nameplate models, x86 and arm64 (tests/test_emulated_pi.py) agreed bit for
+bit either way and 7-bit weights only lost accuracy, so the Pi profiles keep 8 bits.
 
 Accuracy guard: :func:`find_sensitive_nodes` — when the int8 model's metric drops by more than
 ``max_drop`` it ranks the quantized compute nodes by the quantization noise they introduce

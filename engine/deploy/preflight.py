@@ -11,6 +11,7 @@ bundle) and run preflight again.
 
 from __future__ import annotations
 
+import json
 import posixpath
 import shlex
 from dataclasses import dataclass, field
@@ -65,6 +66,16 @@ def normalize_arch(machine: str) -> str:
 def bundle_size(bundle_dir: str | Path) -> int:
     """Bytes of every file in a bundle directory (what the upload will need)."""
     return sum(p.stat().st_size for p in Path(bundle_dir).rglob("*") if p.is_file())
+
+
+def bundle_arch(bundle_dir: str | Path) -> str | None:
+    """The architecture a bundle was built for (its manifest's ``arch``), to pass to preflight."""
+    path = Path(bundle_dir) / "manifest.json"
+    try:
+        arch = json.loads(path.read_text(encoding="utf-8")).get("arch")
+    except (OSError, ValueError) as exc:
+        raise DeployError("local", f"cannot read the bundle manifest {path}: {exc}") from None
+    return normalize_arch(arch) if isinstance(arch, str) else None
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:

@@ -107,10 +107,15 @@ def _dataset_files(loaded: LoadedRecipe) -> tuple[str, ...]:
 
 
 def _init_files(loaded: LoadedRecipe, model: str) -> tuple[str, ...]:
-    init = getattr(loaded.recipe.models, model).init
-    if init and init != "base" and Path(init).is_file():
-        return (str(init),)
-    return ()
+    """The init checkpoint as a file dependency: new base weights (or a retrained init
+    checkpoint) retrain the model, though the recipe text did not change."""
+    spec = getattr(loaded.recipe.models, model)
+    path = Path(spec.init) if spec.init and spec.init != "base" else None
+    if spec.init == "base":
+        from .training.stage import base_weights  # no torch import: a path table
+
+        path = base_weights(model, spec)
+    return (str(path),) if path is not None and path.is_file() else ()
 
 
 def compile_stages(loaded: LoadedRecipe) -> tuple[list[Stage], dict[str, str]]:

@@ -121,3 +121,31 @@ def test_epochs_zero_without_init_is_a_recipe_error(tmp_path: Path) -> None:
     recipe.write_text(RECIPE.replace("epochs: 1", "epochs: 0"))
     with pytest.raises(ConfigError, match=r"models\.detector\.init"):
         load_recipe(recipe)
+
+
+def test_new_data_under_the_same_recipe_trains_fresh(tmp_path: Path) -> None:
+    """Same recipe text, different prepared data (or init weights): the train stage re-runs
+    (file_dep) and must start over, not resume the finished checkpoint of the old data."""
+    import logging
+
+    from engine.stages import StageContext
+    from engine.training.stage import _fresh_or_resume
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(RECIPE)
+    loaded = load_recipe(recipe, [f"workdir={tmp_path / 'runs'}"])
+    out = tmp_path / "train" / "detector"
+    out.mkdir(parents=True)
+
+    def ctx(data_digest: str) -> StageContext:
+        return StageContext(loaded, "train:detector", "train", "detector", tmp_path, out,
+                            {"data": {"outputs": {"data/manifest.jsonl": data_digest}}},
+                            logging.getLogger("test"), key="k1")
+
+    assert _fresh_or_resume(ctx("aaa")) is True
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "last.pt").write_bytes(b"finished")
+    assert _fresh_or_resume(ctx("aaa")) is False  # an interrupted attempt on the same inputs
+    assert (out / "checkpoints" / "last.pt").exists()
+    assert _fresh_or_resume(ctx("bbb")) is True  # new data: the old checkpoint must go
+    assert not (out / "checkpoints").exists()

@@ -266,3 +266,15 @@ def test_killed_run_keeps_finished_stages(recipe_file, registered, tmp_path):
     done_before = {"data", "train:detector", "train:recognizer", "evaluate", "prune"}
     assert done_before.isdisjoint(report.executed), report.executed
     assert "export" in report.executed and report.ok
+
+
+def test_base_weights_are_a_file_dependency_of_training() -> None:
+    """New shipped base weights must retrain a recipe that fine-tunes from them (`init: base`)."""
+    from engine.graph import compile_stages
+    from engine.training.stage import base_weights
+
+    loaded = load_recipe(Path(__file__).parent.parent / "recipes" / "nameplates.yaml")
+    by_name = {s.name: s for s in compile_stages(loaded)[0]}
+    for model in ("detector", "recognizer"):
+        path = base_weights(model, getattr(loaded.recipe.models, model))
+        assert by_name[f"train:{model}"].inputs == (str(path),)

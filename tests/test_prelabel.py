@@ -14,10 +14,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_runtime_pipeline import CHARSET, _detector_onnx, _plate, _recognizer_onnx
+from test_runtime_pipeline import CHARSET, _plate, make_hand_bundle
 
 from engine.cli import main
-from engine.compress.bundle import build_bundle
 from engine.data.formats import Icdar2015Reader, LabelStudioReader, PPOCRLabelReader
 from engine.data.prepare import prepare_dataset
 from engine.prelabel import PrelabelError, prelabel
@@ -28,17 +27,8 @@ MIN_SCORE = 0.35
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("hand")
-    models = {"fp32": {"detector": _detector_onnx(d / "det.onnx"), "recognizer": _recognizer_onnx(d / "rec.onnx")}}
-    return build_bundle(
-        d / "bundle", models=models, active="fp32", charset=CHARSET,
-        detector={"input": "input", "max_side": 256},
-        recognizer={"input": "input", "height": 32, "max_width": 256, "batch": 2},
-        # the deployed bundle drops lines below 0.35; pre-labelling must still show them
-        postprocess={"thresh": 0.3, "box_thresh": 0.5, "unclip_ratio": 0.1, "min_text_score": 0.35},
-        threads=1, providers=["CPUExecutionProvider"], runtime="onnxruntime", target="local-cpu",
-        arch="x86_64", recipe={"name": "hand", "hash": "1" * 16},
-    )
+    # the deployed bundle drops lines below 0.35; pre-labelling must still show them
+    return make_hand_bundle(tmp_path_factory.mktemp("hand"), min_text_score=0.35)
 
 
 @pytest.fixture(scope="module")

@@ -74,19 +74,24 @@ def _recognizer_onnx(path: Path, height: int = 32, k: float = 5.0) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def hand_bundle(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("hand")
+def make_hand_bundle(d: Path, name: str = "hand", min_text_score: float = 0.0) -> Path:
+    """A real bundle around the hand-built ONNX models (also used by the serve/prelabel tests)."""
     models = {"fp32": {"detector": _detector_onnx(d / "det.onnx"),
                        "recognizer": _recognizer_onnx(d / "rec.onnx")}}
     return build_bundle(
         d / "bundle", models=models, active="fp32", charset=CHARSET,
         detector={"input": "input", "max_side": 256},
         recognizer={"input": "input", "height": 32, "max_width": 256, "batch": 2},
-        postprocess={"thresh": 0.3, "box_thresh": 0.5, "unclip_ratio": 0.1, "min_text_score": 0.0},
+        postprocess={"thresh": 0.3, "box_thresh": 0.5, "unclip_ratio": 0.1,
+                     "min_text_score": min_text_score},
         threads=1, providers=["CPUExecutionProvider"], runtime="onnxruntime", target="local-cpu",
-        arch="x86_64", recipe={"name": "hand", "hash": "1" * 16},
+        arch="x86_64", recipe={"name": name, "hash": "1" * 16},
     )
+
+
+@pytest.fixture(scope="module")
+def hand_bundle(tmp_path_factory) -> Path:
+    return make_hand_bundle(tmp_path_factory.mktemp("hand"))
 
 
 def _plate() -> tuple[np.ndarray, str]:

@@ -31,9 +31,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_runtime_pipeline import CHARSET, _detector_onnx, _plate, _recognizer_onnx
+from test_runtime_pipeline import CHARSET, _plate, make_hand_bundle
 
-from engine.compress.bundle import build_bundle
 from engine.runtime.bundle_manifest import verify_bundle
 from engine.runtime.pipeline import predict_cli
 
@@ -154,17 +153,7 @@ def _png_bomb(width: int, height: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("serve")
-    models = {"fp32": {"detector": _detector_onnx(d / "det.onnx"),
-                       "recognizer": _recognizer_onnx(d / "rec.onnx")}}
-    return build_bundle(
-        d / "bundle", models=models, active="fp32", charset=CHARSET,
-        detector={"input": "input", "max_side": 256},
-        recognizer={"input": "input", "height": 32, "max_width": 256, "batch": 2},
-        postprocess={"thresh": 0.3, "box_thresh": 0.5, "unclip_ratio": 0.1, "min_text_score": 0.0},
-        threads=1, providers=["CPUExecutionProvider"], runtime="onnxruntime", target="local-cpu",
-        arch="x86_64", recipe={"name": "serve", "hash": "2" * 16},
-    )
+    return make_hand_bundle(tmp_path_factory.mktemp("serve"), "serve")
 
 
 @pytest.fixture(scope="module")

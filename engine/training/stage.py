@@ -12,7 +12,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..fsutil import atomic_write_json
+from ..config import stable_hash
+from ..fsutil import atomic_write_json, sha256_file
 from ..graph import ATTEMPT_FILE
 from ..stages import StageContext, StageFailed, StageResult
 
@@ -88,16 +89,26 @@ def _fresh_or_resume(ctx: StageContext) -> bool:
     """
     marker = ctx.out_dir / ATTEMPT_FILE
     previous = json.loads(marker.read_text()) if marker.exists() else None
-    if previous != {"key": ctx.key}:
+    # The recipe key alone misses new data or new init weights under the same recipe text: the
+    # stage then re-runs (file_dep) and must not resume the finished checkpoint of the old data.
+    upstream = {name: r.get("outputs") for name, r in sorted(ctx.upstream.items())}
+    attempt = {"key": ctx.key, "upstream": stable_hash(upstream), "init": _init_digest(ctx)}
+    if previous != attempt:
         for child in ("checkpoints", "metrics.csv", "curves.png", "train.log"):
             path = ctx.out_dir / child
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
-        marker.write_text(json.dumps({"key": ctx.key}))
+        marker.write_text(json.dumps(attempt))
         return True
     return False
+
+
+def _init_digest(ctx: StageContext) -> str | None:
+    model = ctx.param or "detector"
+    init = resolve_init(ctx, model)
+    return sha256_file(init) if init and Path(init).is_file() else None
 
 
 def train_config(ctx: StageContext, model: str, *, epochs: int | None = None, run_dir: Path | None = None) -> Any:

@@ -221,7 +221,7 @@ def test_unknown_host_key_is_refused(server: Any, tmp_path: Path) -> None:
 
 
 def test_host_without_the_project(server: Any, tmp_path: Path) -> None:
-    recipe = write_recipe(tmp_path, server, python=f"env PYTHONPATH= {sys.executable} -I")
+    recipe = write_recipe(tmp_path, server, python=f"env PYTHONPATH= {sys.executable} -I -S")  # no site-packages
     report = pipeline(recipe, tmp_path / "runs").run(only=["train:recognizer"])
     msg = report.failed["train:recognizer"]
     assert msg.startswith("gpu-box: ") and "import engine, torch" in msg

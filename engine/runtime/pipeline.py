@@ -320,6 +320,20 @@ class OCRPipeline:
 # ------------------------------------------------------------------------------ CLI
 
 
+def pipeline_from_args(args: Any, prog: str) -> OCRPipeline | int:
+    """The pipeline named by ``--bundle/--precision/--threads/--no-verify`` (or the bundle this
+    runtime sits in), or the exit code after printing why it cannot be opened."""
+    bundle = Path(args.bundle) if args.bundle else default_bundle_dir()
+    if bundle is None:
+        print(f"{prog}: no --bundle given and this runtime is not inside a bundle", file=sys.stderr)
+        return 2
+    try:
+        return OCRPipeline(bundle, args.precision, args.threads, verify=not args.no_verify)
+    except BundleError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+
+
 def predict_cli(argv: Sequence[str] | None = None) -> int:
     """``python -m runtime.predict IMAGE... [--bundle DIR] [--precision P] [--json]``.
 
@@ -336,16 +350,9 @@ def predict_cli(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print JSON")
     ap.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle")
     args = ap.parse_args(list(argv) if argv is not None else None)
-    bundle = Path(args.bundle) if args.bundle else default_bundle_dir()
-    if bundle is None:
-        print("runtime.predict: no --bundle given and this runtime is not inside a bundle",
-              file=sys.stderr)
-        return 2
-    try:
-        pipe = OCRPipeline(bundle, args.precision, args.threads, verify=not args.no_verify)
-    except BundleError as exc:
-        print(f"runtime.predict: {exc}", file=sys.stderr)
-        return 1
+    pipe = pipeline_from_args(args, "runtime.predict")
+    if isinstance(pipe, int):
+        return pipe
     results: list[dict[str, Any]] = []
     status = 0
     for path in args.images:

@@ -47,7 +47,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -55,8 +54,6 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from .bundle_manifest import BundleError
 
 __all__ = ["Limits", "Metrics", "create_app", "image_size", "serve_cli"]
 
@@ -542,18 +539,11 @@ def serve_cli(argv: Sequence[str] | None = None, prog: str = "runtime.serve") ->
     # second guard behind the header check; read by OpenCV at its first decode
     os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(limits.max_pixels)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    from .pipeline import OCRPipeline, default_bundle_dir
+    from .pipeline import pipeline_from_args
 
-    bundle = Path(args.bundle) if args.bundle else default_bundle_dir()
-    if bundle is None:
-        print("runtime.serve: no --bundle given and this runtime is not inside a bundle",
-              file=sys.stderr)
-        return 2
-    try:
-        pipeline = OCRPipeline(bundle, args.precision, args.threads, verify=not args.no_verify)
-    except BundleError as exc:
-        print(f"runtime.serve: {exc}", file=sys.stderr)
-        return 1
+    pipeline = pipeline_from_args(args, "runtime.serve")
+    if isinstance(pipeline, int):
+        return pipeline
     import uvicorn
 
     app = create_app(pipeline, limits, token)

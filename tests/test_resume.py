@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+import toy_training as toy  # tests/ is on sys.path, as for the other shared test helpers
 
 from engine.training.checkpoint import load_checkpoint
 
@@ -92,21 +93,12 @@ def test_killed_run_resumes_bit_identical(tmp_path: Path) -> None:
     assert [int(line.split(",")[0]) for line in lines] == list(range(1, EPOCHS + 1))
 
 
-def _toy():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("toy_training", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_resume_keeps_checkpoint_lr_and_epoch_over_config(tmp_path: Path) -> None:
     """PaddleOCR#2827: a resumed run must not restart at epoch 0 nor take its LR from the config."""
     from engine.training.loop import TrainConfig, fit
 
-    toy = _toy()
     cfg = TrainConfig(
         run_dir=str(tmp_path),
         epochs=4,
@@ -133,7 +125,6 @@ def test_resume_falls_back_when_last_is_corrupt(tmp_path: Path) -> None:
     """A kill between last.pt and its sidecar: resume from the newest checkpoint that verifies."""
     from engine.training.loop import TrainConfig, fit
 
-    toy = _toy()
     cfg = TrainConfig(
         run_dir=str(tmp_path), epochs=2, batch_size=8, save_every=1, tensorboard=False, tty=False
     )

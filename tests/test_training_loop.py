@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import itertools
 import math
 from pathlib import Path
 
 import pytest
 import torch
+import toy_training as toy  # tests/ is on sys.path, as for the other shared test helpers
 from torch import nn
 
 from engine.training.checkpoint import load_checkpoint, save_checkpoint
 from engine.training.loop import TrainConfig, TrainingError, fit
 from engine.training.schedule import LRSchedule, ScheduleError, build_optimizer, make_schedule
-
-SCRIPT = Path(__file__).with_name("toy_training.py")
-
-
-def _toy():
-    spec = importlib.util.spec_from_file_location("toy_training", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
-toy = _toy()
 
 
 def _cfg(tmp_path: Path, **kw) -> TrainConfig:

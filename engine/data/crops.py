@@ -15,30 +15,15 @@ carries a few pixels of plate around the text.  Validation crops stay exact (gro
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from engine.runtime.geometry import crop_polygon as _geometry_crop
-from engine.runtime.geometry import min_area_quad
+from engine.runtime.geometry import crop_polygon, min_area_quad
 
 from .manifest import ManifestRecord, atomic_write_text, load_image_rgb
-
-
-def _crop_function():
-    """The runtime's crop_polygon: engine.runtime.postprocess's once it exists (the contract's
-    home for it), else engine.runtime.geometry's — the same function the device uses."""
-    try:
-        postprocess = importlib.import_module("engine.runtime.postprocess")
-    except ModuleNotFoundError as e:
-        if e.name != "engine.runtime.postprocess":
-            raise
-        return _geometry_crop
-    return getattr(postprocess, "crop_polygon", _geometry_crop)
-
 
 MIN_CROP_SIDE = 2
 TRAIN_CONTEXT = 0.5  # context around train crops, as a fraction of the line's short side
@@ -64,7 +49,7 @@ def context_crop(image: np.ndarray, points, pad: float) -> np.ndarray:
     quad = pts if len(pts) == 4 else min_area_quad(pts)
     w = max(np.linalg.norm(quad[0] - quad[1]), np.linalg.norm(quad[3] - quad[2]))
     h = max(np.linalg.norm(quad[0] - quad[3]), np.linalg.norm(quad[1] - quad[2]))
-    return _crop_function()(image, expand_quad(quad, pad * float(min(w, h))))
+    return crop_polygon(image, expand_quad(quad, pad * float(min(w, h))))
 
 
 def pad_crop(crop: np.ndarray, pad: float) -> np.ndarray:
@@ -81,7 +66,6 @@ def write_crops(
     Crops smaller than 2 px on a side are skipped with a warning (nothing to read in them).
     """
     crops_dir = Path(crops_dir)
-    crop_polygon = _crop_function()
     counts: dict[str, int] = {}
     rows: dict[str, list[str]] = {}
     for rec in records:

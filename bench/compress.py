@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 from engine.compress import atomic_write_bytes  # noqa: E402
 from engine.compress.export import export_onnx  # noqa: E402
-from engine.compress.latency import measure_latency  # noqa: E402
+from engine.compress.latency import compare_latency  # noqa: E402
 from engine.compress.prune import prune_model  # noqa: E402
 from engine.compress.quantize import ImageCalibrationReader, quantize_static_qdq  # noqa: E402
 from engine.models import build_detector, build_recognizer  # noqa: E402
@@ -117,16 +117,9 @@ def bench_model(kind: str, model: torch.nn.Module, example: torch.Tensor,
         reports[name] = quantize_static_qdq(paths[src], paths[name], calib, args.calib_method,
                                             reduce_range=args.reduce_range)
     ref = {k: outputs(p, eval_feeds) for k, p in paths.items()}
-    # Interleave the variants over several rounds and pool the timings: on a shared machine
-    # the load drifts over a minute, and timing one variant after another would charge the
-    # drift to whichever model ran during a busy spell.
-    times: dict[str, list[float]] = {k: [] for k in paths}
-    per_round = max(1, -(-args.runs // args.rounds))
-    for _ in range(args.rounds):
-        for name, path in paths.items():
-            lat = measure_latency(path, timing_feeds, threads=args.threads, runs=per_round,
-                                  warmup=args.warmup)
-            times[name] += lat["times_ms"]
+    # interleaved over rounds, so load drift on this shared machine is charged to every variant
+    times = {k: v["times_ms"] for k, v in compare_latency(
+        paths, timing_feeds, args.threads, args.runs, args.rounds, args.warmup).items()}
     rows = []
     base_ms = None
     for name, path in paths.items():

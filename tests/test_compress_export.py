@@ -13,7 +13,7 @@ import torch
 
 from engine.compress.export import ExportError, export_onnx
 from engine.compress.fp16 import FP16Error, convert_fp16
-from engine.compress.latency import measure_latency
+from engine.compress.latency import compare_latency, measure_latency
 from engine.models import build_detector, build_recognizer
 from engine.runtime.preprocess import detector_input, recognizer_input
 
@@ -106,3 +106,15 @@ def test_measure_latency(detector_onnx):
     assert 0 < lat["min_ms"] <= lat["median_ms"] <= lat["p90_ms"]
     with pytest.raises(ValueError):
         measure_latency(path, [], threads=1)
+
+
+def test_compare_latency_interleaves_and_pools(detector_onnx, tmp_path):
+    _, path, _, samples = detector_onnx
+    copy = tmp_path / "same.onnx"
+    copy.write_bytes(Path(path).read_bytes())
+    lat = compare_latency({"a": path, "b": copy}, samples, threads=1, runs=6, rounds=3, warmup=1)
+    assert set(lat) == {"a", "b"}
+    for stats in lat.values():
+        assert stats["runs"] == 6 and len(stats["times_ms"]) == 6 and stats["median_ms"] > 0
+    with pytest.raises(ValueError):
+        compare_latency({}, samples, threads=1)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-__all__ = ["make_session", "measure_latency"]
+__all__ = ["compare_latency", "make_session", "measure_latency"]
 
 
 def make_session(onnx_path: Path | str, threads: int) -> ort.InferenceSession:
@@ -62,13 +62,54 @@ def measure_latency(
         t0 = time.perf_counter()
         sess.run(None, feed)
         times.append((time.perf_counter() - t0) * 1000.0)
+    return _stats(times, warmup, threads)
+
+
+def compare_latency(
+    onnx_paths: dict[str, Path | str],
+    inputs: Sequence[np.ndarray],
+    threads: int,
+    runs: int = 20,
+    rounds: int = 5,
+    warmup: int = 3,
+) -> dict[str, dict[str, Any]]:
+    """:func:`measure_latency` of several models, interleaved: ``rounds`` rounds, each timing
+    every model in turn for ``runs / rounds`` runs, pooled per model.
+
+    On a shared machine the load drifts over a minute; timing one model after the other would
+    charge the drift to whichever ran during a busy spell, and a ratio of two such numbers
+    can say a pruned model is slower than its parent.  Interleaving spreads the drift evenly.
+    """
+    if not onnx_paths or not inputs:
+        raise ValueError("compare_latency needs at least one model and one input array")
+    if runs < 1 or rounds < 1 or warmup < 0:
+        raise ValueError(f"need runs >= 1, rounds >= 1, warmup >= 0; got {runs}, {rounds}, {warmup}")
+    sessions = {k: make_session(p, threads) for k, p in onnx_paths.items()}
+    feeds = {k: [{s.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)} for x in inputs]
+             for k, s in sessions.items()}
+    for k, sess in sessions.items():
+        for i in range(warmup):
+            sess.run(None, feeds[k][i % len(inputs)])
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    per_round = max(1, -(-runs // rounds))
+    for r in range(rounds):
+        for k, sess in sessions.items():
+            for i in range(per_round):
+                feed = feeds[k][(r * per_round + i) % len(inputs)]
+                t0 = time.perf_counter()
+                sess.run(None, feed)
+                times[k].append((time.perf_counter() - t0) * 1000.0)
+    return {k: _stats(t, warmup, threads) for k, t in times.items()}
+
+
+def _stats(times: list[float], warmup: int, threads: int) -> dict[str, Any]:
     arr = np.asarray(times)
     return {
         "median_ms": float(np.median(arr)),
         "p90_ms": float(np.percentile(arr, 90)),
         "mean_ms": float(arr.mean()),
         "min_ms": float(arr.min()),
-        "runs": runs,
+        "runs": len(times),
         "warmup": warmup,
         "threads": threads,
         "times_ms": [round(t, 3) for t in times],

@@ -423,8 +423,9 @@ class Pipeline:
             for name in dropped:
                 dep.remove(name)
                 out_dir = self.out_dir(self.by_name[name])
-                for marker in (RESULT_FILE, ATTEMPT_FILE):  # no resuming a forced stage
-                    (out_dir / marker).unlink(missing_ok=True)
+                (out_dir / RESULT_FILE).unlink(missing_ok=True)
+                for marker in out_dir.glob(f"**/{ATTEMPT_FILE}"):  # no resuming a forced stage
+                    marker.unlink()
         finally:
             dep.close()
         return dropped

@@ -92,6 +92,18 @@ def test_recognizer_bar_fails_evaluate_and_stops_downstream(finished):
     assert "train:detector" not in report.executed
 
 
+def test_changed_prune_settings_fine_tune_from_the_start(finished):
+    """The prune stage's fine-tune resumes only an attempt with the same settings: a finished
+    fine-tune of other settings must not be taken as done."""
+    changed = load_recipe(finished.loaded.path, [*finished.loaded.overrides, "optimize.prune.distill=0.5"])
+    pipeline = Pipeline(changed)
+    report = pipeline.run(only=["prune"])
+    assert report.executed == ["prune"], report.failed
+    log = (pipeline.run_dir / "prune" / "detector" / "train.log").read_text()
+    assert "resumed" not in log and "nothing to do" not in log
+    assert "loss_distill" in (pipeline.run_dir / "prune" / "detector" / "metrics.csv").read_text()
+
+
 def test_epochs_zero_uses_init_as_it_is(tmp_path: Path) -> None:
     """`train: {epochs: 0}` (re-quantizing an existing model): the base weights become best.pt
     without an optimizer step, and evaluate scores them."""

@@ -87,22 +87,35 @@ def _fresh_or_resume(ctx: StageContext) -> bool:
 
     Returns True for a fresh start (remote training then clears the host's run directory too).
     """
-    marker = ctx.out_dir / ATTEMPT_FILE
-    previous = json.loads(marker.read_text()) if marker.exists() else None
-    # The recipe key alone misses new data or new init weights under the same recipe text: the
-    # stage then re-runs (file_dep) and must not resume the finished checkpoint of the old data.
+    return start_attempt(ctx.out_dir, attempt_of(ctx, init=_init_digest(ctx)))
+
+
+def attempt_of(ctx: StageContext, **extra: Any) -> dict[str, Any]:
+    """What a training attempt of this stage depends on: its key and its upstream outputs.
+
+    The recipe key alone misses new data or new init weights under the same recipe text: the
+    stage then re-runs (file_dep) and must not resume the finished checkpoint of the old data.
+    """
     upstream = {name: r.get("outputs") for name, r in sorted(ctx.upstream.items())}
-    attempt = {"key": ctx.key, "upstream": stable_hash(upstream), "init": _init_digest(ctx)}
-    if previous != attempt:
-        for child in ("checkpoints", "metrics.csv", "curves.png", "train.log"):
-            path = ctx.out_dir / child
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-        marker.write_text(json.dumps(attempt))
-        return True
-    return False
+    return {"key": ctx.key, "upstream": stable_hash(upstream), **extra}
+
+
+def start_attempt(run_dir: Path, attempt: dict[str, Any]) -> bool:
+    """Keep ``run_dir``'s checkpoints and logs when they belong to ``attempt``; otherwise clear
+    them and record ``attempt`` (``attempt.json``).  True when the run starts fresh."""
+    marker = run_dir / ATTEMPT_FILE
+    previous = json.loads(marker.read_text()) if marker.exists() else None
+    if previous == attempt:
+        return False
+    for child in ("checkpoints", "metrics.csv", "curves.png", "train.log"):
+        path = run_dir / child
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(marker, attempt)
+    return True
 
 
 def _init_digest(ctx: StageContext) -> str | None:

@@ -115,7 +115,10 @@ class PostprocessSpec(Strict):
 
     thresh: float = Field(0.3, gt=0, lt=1, description="probability map binarisation")
     box_thresh: float = Field(0.6, gt=0, lt=1, description="minimum mean probability of a box")
-    unclip_ratio: float = Field(1.5, gt=0, le=5, description="classic DB unclip (shrink_ratio: null)")
+    unclip_ratio: float = Field(
+        1.7, gt=0, le=5,
+        description="classic DB unclip (shrink_ratio: null); 1.7 suits the shipped recognizer, trained with context",
+    )
     shrink_ratio: float | None = Field(
         None, gt=0, lt=1, description="invert this label shrink exactly instead of unclip_ratio"
     )
@@ -215,6 +218,10 @@ class PruneSpec(Strict):
     finetune_lr: float | None = Field(
         None, gt=0, le=10, description="fine-tuning learning rate after pruning; null: the model's train lr"
     )
+    distill: float = Field(
+        0.0, ge=0, le=100,
+        description="weight of the unpruned model's outputs as an extra fine-tuning target (distillation); 0: off",
+    )
 
 
 class ExportSpec(Strict):
@@ -223,10 +230,29 @@ class ExportSpec(Strict):
     atol: float = Field(1e-3, gt=0, description="max |onnxruntime - torch| on validation images")
 
 
+CalibrationMethod = Literal["minmax", "entropy", "percentile"]
+
+
+class CalibrationOverrides(Strict):
+    """Per-model calibration (`optimize.calibration.detector:` / `.recognizer:`); null = shared."""
+
+    method: CalibrationMethod | None = None
+    samples: int | None = Field(None, ge=1, le=100_000)
+    percentile: float | None = Field(None, gt=90, le=100)
+
+
 class CalibrationSpec(Strict):
-    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    method: CalibrationMethod = "minmax"
     samples: int = Field(64, ge=1, le=100_000, description="training images used to calibrate")
     percentile: float = Field(99.999, gt=90, le=100)
+    detector: CalibrationOverrides = CalibrationOverrides()
+    recognizer: CalibrationOverrides = CalibrationOverrides()
+
+    def for_model(self, model: str) -> dict[str, Any]:
+        """{"method", "samples", "percentile"} of one model: shared settings < `<model>:`."""
+        own = getattr(self, model)
+        return {k: getattr(own, k) if getattr(own, k) is not None else getattr(self, k)
+                for k in ("method", "samples", "percentile")}
 
 
 class QuantizeSpec(Strict):

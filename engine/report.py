@@ -75,6 +75,19 @@ def _diff(after: Any, before: Any) -> str:
     return f"{after - before:+.3f}" if _num(after) and _num(before) else "—"
 
 
+# what build's int8 guard measures per model (engine.compress.stage.onnx_metric)
+GUARD_METRICS = {"detector": "end-to-end line accuracy, fp32 recognizer", "recognizer": "line accuracy on crops"}
+
+
+def _calibration(c: Any) -> str:
+    if not isinstance(c, dict):
+        return "—"
+    method = str(c.get("method", "?"))
+    if method == "percentile":
+        method += f" {c.get('percentile')}"
+    return f"{method}, {c.get('samples')} samples"
+
+
 def _signed(v: Any) -> str:
     return f"{v:+.3f}" if _num(v) else "—"
 
@@ -331,11 +344,12 @@ def _target_sections(run_dir: Path, target: str, metrics: dict[str, dict[str, An
     sec.text.append(f"Why {active}: {_why(active, measured, manifest, profile_precision)}")
     guard = manifest.get("int8_guard") or {}
     if guard:
-        rows = [[m, fmt(g.get("fp32_metric")), fmt(g.get("final_metric")), str(len(g.get("excluded") or [])),
+        rows = [[m, GUARD_METRICS.get(m, "accuracy"), _calibration(g.get("calibration")),
+                 fmt(g.get("fp32_metric")), fmt(g.get("final_metric")), str(len(g.get("excluded") or [])),
                  ", ".join(g.get("excluded") or []) or "none", "yes" if g.get("met") else "NO"]
                 for m, g in guard.items()]
-        sec.tables.append(Table(["model", "fp32 metric", "int8 metric", "excluded", "nodes kept in float",
-                                 "within max_drop"], rows, "int8 accuracy guard (build)"))
+        sec.tables.append(Table(["model", "guard metric (val)", "calibration", "fp32", "int8", "excluded",
+                                 "nodes kept in float", "within max_drop"], rows, "int8 accuracy guard (build)"))
     if measured:
         rows = []
         for p, m in sorted(measured.items(), key=lambda kv: kv[0] != active):

@@ -138,6 +138,18 @@ def test_override_is_typed_and_applied(tmp_path):
     assert list(loaded.profiles) == ["local-cpu", "rpi4"]
 
 
+def test_calibration_per_model_overrides_the_shared_settings(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(BASE)
+    cal = load_recipe(path, ["optimize.calibration.samples=32",
+                             "optimize.calibration.detector={method: percentile, percentile: 99.99}"]
+                      ).recipe.optimize.calibration
+    assert cal.for_model("detector") == {"method": "percentile", "samples": 32, "percentile": 99.99}
+    assert cal.for_model("recognizer") == {"method": "minmax", "samples": 32, "percentile": 99.999}
+    with pytest.raises(ConfigError, match=r"optimize\.calibration\.detector\.method"):
+        load_recipe(path, ["optimize.calibration.detector.method=entropie"])
+
+
 PROFILE_CASES = [
     ("arch: arm64\nruntime: onnxruntime\nprecision: int8\nthreads: 4\n",
      ['1:7: error: arch: \'arm64\' is not one of x86_64, aarch64, armv7l']),

@@ -2,6 +2,7 @@
 
     python bench/compress.py                              # untrained MobileNetV3 DBNet
     python bench/compress.py --detector-ckpt runs/x/train/detector/best.pt --recognizer
+    python bench/compress.py --run runs/nameplates   # a finished run: accuracy of each variant
 
 For each variant: ONNX size, onnxruntime CPU latency (median and p90 of >= 20 runs after
 warm-up, fixed intra-op threads, interleaved over rounds) at 640x640, and output agreement with the fp32 model on real
@@ -149,6 +150,80 @@ def bench_model(kind: str, model: torch.nn.Module, example: torch.Tensor,
     return rows
 
 
+def bench_run(run_dir: Path, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """The detector variants of a finished run, scored for accuracy on the run's val images.
+
+    fp32 = the trained checkpoint, pruned = the prune stage's fine-tuned model, each also
+    quantized here (static QDQ, calibrated on the run's training images).  Accuracy: hmean
+    and end-to-end line accuracy with the run's fp32 recognizer export reading the boxes.
+    """
+    from engine.compress.latency import make_session
+    from engine.compress.prune import load_pruned
+    from engine.data.manifest import load_image_rgb
+    from engine.runtime.geometry import crop_polygon
+    from engine.runtime.postprocess import ctc_greedy_decode, db_boxes
+    from engine.runtime.preprocess import recognizer_widths
+    from engine.training.datasets import detection_records
+    from engine.training.metrics import detection_metrics, end_to_end_metrics
+    from engine.training.tasks import model_from_checkpoint
+
+    manifest = run_dir / "data" / "manifest.jsonl"
+    val = detection_records(manifest, "val")[: args.eval_images]
+    train = [r.image for r in detection_records(manifest, "train")]
+    images = [load_image_rgb(r.image) for r in val]
+    gts = [[ln.to_dict() for ln in r.lines] for r in val]
+    reader = make_session(run_dir / "export" / "recognizer.onnx", args.threads)
+    charset = model_from_checkpoint(run_dir / "train" / "recognizer" / "checkpoints" / "best.pt")[1]["charset"]
+    models = {"fp32": model_from_checkpoint(run_dir / "train" / "detector" / "checkpoints" / "best.pt")[0],
+              "pruned": load_pruned(run_dir / "prune" / "detector.pruned.pt")[0]}
+    paths: dict[str, Path] = {}
+    feeds = [detector_input(img, args.size)[0] for img in images[:2]]
+    options = {"CalibPercentile": args.calib_percentile} if args.calib_method == "percentile" else None
+    for name, model in models.items():
+        paths[name] = work / f"run_{name}.onnx"
+        export_onnx(model, "detector", paths[name], feeds)
+        int8 = "int8" if name == "fp32" else "pruned+int8"
+        paths[int8] = work / f"run_{name}_int8.onnx"
+        calib = ImageCalibrationReader.detector(train, args.size, args.calib)
+        quantize_static_qdq(paths[name], paths[int8], calib, args.calib_method,
+                            reduce_range=args.reduce_range, calib_options=options)
+
+    def read(crops: list[np.ndarray]) -> list[str]:
+        x = recognizer_input(crops, 32, 320)
+        lengths = [w // 4 for w in recognizer_widths(crops, 32, 320)]
+        return [t for t, _ in ctc_greedy_decode(reader.run(None, {"input": x})[0], charset, lengths=lengths)]
+
+    square = [generate_square(img, args.size) for img in images[:3]]
+    lat = compare_latency(paths, square, args.threads, args.runs, args.rounds, args.warmup)
+    rows = []
+    for name, path in paths.items():
+        session = make_session(path, args.threads)
+        dets, lines = [], []
+        for img in images:
+            x, scale = detector_input(img, args.size)
+            boxes = db_boxes(session.run(None, {"input": x})[0][0, 0], scale, img.shape[:2],
+                             thresh=0.3, box_thresh=0.6, unclip_ratio=args.unclip)
+            texts = read([crop_polygon(img, p) for p, _ in boxes]) if boxes else []
+            dets.append(boxes)
+            lines.append([{"points": p, "text": t} for (p, _), t in zip(boxes, texts, strict=True)])
+        rows.append({"variant": name, "onnx_mb": round(path.stat().st_size / 1e6, 3),
+                     "median_ms": round(lat[name]["median_ms"], 2), "p90_ms": round(lat[name]["p90_ms"], 2),
+                     "x_fp32": round(lat[name]["median_ms"] / lat["fp32"]["median_ms"], 3),
+                     "hmean": round(detection_metrics(gts, dets)["hmean"], 4),
+                     "e2e_line_accuracy": round(end_to_end_metrics(gts, lines)["e2e_line_accuracy"], 4)})
+    return rows
+
+
+def fmt_run_table(rows: list[dict[str, Any]], images: int) -> str:
+    head = (f"{'detector':<12} {'MB':>7} {'median ms':>10} {'p90 ms':>8} {'x fp32':>7} "
+            f"{'hmean':>7} {'end-to-end':>11}   ({images} val images)")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['variant']:<12} {r['onnx_mb']:>7.3f} {r['median_ms']:>10.2f} {r['p90_ms']:>8.2f} "
+                     f"{r['x_fp32']:>7.3f} {r['hmean']:>7.4f} {r['e2e_line_accuracy']:>11.4f}")
+    return "\n".join(lines)
+
+
 def fmt_table(rows: list[dict[str, Any]]) -> str:
     head = (f"{'model':<10} {'variant':<12} {'GMAC':>6} {'MB':>7} {'median ms':>10} "
             f"{'p90 ms':>8} {'x fp32':>7} {'MAD vs fp32':>12} {'agree vs fp32':>14} "
@@ -183,8 +258,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib-method", default="minmax")
     ap.add_argument("--reduce-range", action="store_true")
     ap.add_argument("--eval", type=int, default=6, help="held-out images for agreement")
+    ap.add_argument("--calib-percentile", type=float, default=99.99)
+    ap.add_argument("--run", type=Path, default=None,
+                    help="a finished run directory: bench its trained and pruned detectors for accuracy")
+    ap.add_argument("--eval-images", type=int, default=40, help="val images scored with --run")
+    ap.add_argument("--unclip", type=float, default=1.7, help="unclip_ratio used with --run")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "compress.json")
     args = ap.parse_args(argv)
+    if args.run:
+        with tempfile.TemporaryDirectory(prefix="bench_compress.") as tmp:
+            rows = bench_run(args.run, args, Path(tmp))
+        table = fmt_run_table(rows, args.eval_images)
+        print(table)
+        out = args.out.with_name(args.out.stem + "_run.json")
+        atomic_write_bytes(out, (json.dumps({"rows": rows, "table": table, "run": str(args.run),
+                                             "settings": {k: str(v) for k, v in vars(args).items()},
+                                             "load_average": list(os.getloadavg())}, indent=2) + "\n").encode())
+        print(f"wrote {out}")
+        return 0
     torch.manual_seed(0)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []

@@ -64,6 +64,16 @@ def test_every_stage_ran_and_produced_artifacts(finished):
     assert 0 <= summary["metrics"]["evaluate"]["hmean"] <= 1
 
 
+def test_int8_targets_of_one_run_share_the_calibration(finished):
+    """local-cpu and rpi4 quantize the same exports at the same input size: one calibration
+    per model serves both (reduce_range differs, but it is applied after calibrating)."""
+    entries = sorted(p.name.split("-")[0] for p in (finished.run_dir / "cache" / "calibration").iterdir())
+    assert entries == ["detector", "recognizer"]
+    for target in ("local-cpu", "rpi4"):
+        manifest = json.loads(Path(finished.run_dir, "build", target, "bundle", "manifest.json").read_text())
+        assert manifest["int8_guard"]["detector"]["calibration"]["method"] == "minmax"
+
+
 def test_local_release_is_installed_and_checked(finished):
     releases = finished.run_dir / "releases" / "local-cpu"
     current = releases / "current"

@@ -11,6 +11,7 @@ build   per target: the precisions the profile asks for (int8 calibrated on real
 from __future__ import annotations
 
 import copy
+import json
 import platform
 import shutil
 from pathlib import Path
@@ -282,7 +283,7 @@ def _int8(ctx: StageContext, work: Path, reduce_range: bool) -> tuple[dict[str, 
 
     for model_name, reader in readers.items():
         fp32 = Path(ctx.upstream_artifact("export", f"{model_name}_onnx"))
-        cache = work / f"{model_name}.calibration.json"
+        cache = _calibration_cache(ctx, model_name, fp32, reader, settings[model_name])
 
         def build(exclude: Any, fp32: Path = fp32, model_name: str = model_name, reader: Any = reader,
                   cache: Path = cache) -> Path:
@@ -309,6 +310,31 @@ def _int8(ctx: StageContext, work: Path, reduce_range: bool) -> tuple[dict[str, 
             ctx.log.warning("int8 %s: drop still above max_drop after %d exclusions", model_name, len(guard.excluded))
         paths[model_name] = final
     return paths, reports
+
+
+def _calibration_cache(ctx: StageContext, model_name: str, fp32: Path, reader: Any,
+                       how: dict[str, Any]) -> Path:
+    """Where the activation ranges of this model, data and method are kept for the whole run.
+
+    Ranges do not depend on the target (reduce_range and per-channel weights are applied after
+    calibrating), so the second int8 target of a run reuses the first one's instead of
+    calibrating again (percentile calibration of the detector takes ~2 min here).  An entry
+    that does not parse (a killed write) is deleted, never trusted.
+    """
+    from ..config import stable_hash
+    from ..fsutil import sha256_file
+
+    key = stable_hash({"model": sha256_file(fp32), "how": how, "items": [str(i) for i in reader.items],
+                       "batch": reader.batch_size, "input": reader.fixed_hw, "data": (ctx.upstream.get("data") or {}).get("outputs")})
+    path = ctx.run_dir / "cache" / "calibration" / f"{model_name}-{key[:16]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        try:
+            json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            ctx.log.warning("discarding unreadable calibration cache %s", path)
+            path.unlink()
+    return path
 
 
 def _fp16(ctx: StageContext, work: Path) -> dict[str, Path]:

@@ -31,6 +31,12 @@ ROUNDS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("base-weights-finetune.yaml", (), ("detector", "recognizer")),
     ("base-weights-finetune.yaml",
      ("dataset.synthetic.seed=3000", "train.lr=3e-4", "train.recognizer.epochs=4"), ("recognizer",)),
+    ("base-weights-finetune.yaml",
+     ("dataset.synthetic.seed=4000", "dataset.synthetic.count=2400", "train.lr=3e-4",
+      "train.recognizer.epochs=3"), ("recognizer",)),
+    ("base-weights-finetune.yaml",
+     ("dataset.synthetic.seed=5000", "dataset.synthetic.count=2400", "train.lr=2e-4",
+      "train.recognizer.epochs=3"), ("recognizer",)),
 )
 BAR = {"hmean": 0.95, "line_accuracy": 0.97, "e2e_line_accuracy": 0.95}
 
@@ -56,7 +62,7 @@ def fresh_eval(detector: Path, recognizer: Path, count: int, seed: int) -> dict:
         prepare_dataset("icdar2015", raw, raw, prepared, "0-9A-Za-z -:./%()#+,")
         return evaluate_models(
             detector, recognizer, prepared / "manifest.jsonl", prepared / "crops",
-            {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.5, "shrink_ratio": None},
+            {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.7, "shrink_ratio": None},
         )
 
 
@@ -68,6 +74,8 @@ def main() -> None:
     parser.add_argument("--eval-seed", type=int, default=424242, help="never used for training")
     parser.add_argument("--no-install", action="store_true", help="leave engine/weights alone")
     parser.add_argument("--eval-only", action="store_true", help="score the committed weights")
+    parser.add_argument("--from-round", type=int, default=1, metavar="N",
+                        help="start at round N of ROUNDS (earlier rounds' weights are installed)")
     args = parser.parse_args()
 
     from engine.graph import Pipeline
@@ -77,7 +85,8 @@ def main() -> None:
     both: tuple[str, ...] = ("detector", "recognizer")
     rounds: list[tuple[Path, tuple[str, ...], tuple[str, ...]]] = [
         (p, (), both) for p in args.recipe or []] or [
-        (ROOT / "recipes" / name, sets, trained) for name, sets, trained in ROUNDS]
+        (ROOT / "recipes" / name, sets, trained)
+        for name, sets, trained in ROUNDS[max(args.from_round, 1) - 1:]]
     started = time.time()
     det = rec = Path()
     for path, sets, trained in rounds:

@@ -160,7 +160,12 @@ def test_rpi4_bundle_reads_text_on_arm64_like_on_x86(pi: epi.EmulatedPi, shipped
         assert abs(arm["fp32"][key] - x86["fp32"][key]) <= TOLERANCE, (key, arm["fp32"], x86["fp32"])
         x86_drop = x86["fp32"][key] - x86["int8"][key]
         arm_drop = arm["fp32"][key] - arm["int8"][key]
-        assert abs(arm_drop - x86_drop) <= TOLERANCE, (key, "int8 vs fp32", arm_drop, x86_drop)
+        # int8 may flip one borderline line between the CPUs: x86 runs the rpi4 bundle without
+        # reduce_range (AVX2 u8 x s8 pairs can saturate; Arm's kernels do not) - measured once
+        # as 1 of the 8 lines here, after unclip 1.7 moved the boxes. More than one is a finding.
+        scored = [ln for v in labels.values() for ln in v if not ln.get("ignore") and ln.get("text") != "###"]
+        one_line = 1.0 / max(1, len(scored))
+        assert abs(arm_drop - x86_drop) <= max(TOLERANCE, one_line + 1e-9), (key, "int8 vs fp32", arm_drop, x86_drop)
 
 
 def test_rollback_on_the_pi(pi: epi.EmulatedPi, shipped: Pipeline, tmp_path: Path) -> None:

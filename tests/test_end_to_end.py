@@ -171,3 +171,5 @@ def test_new_data_under_the_same_recipe_trains_fresh(tmp_path: Path) -> None:
     assert (out / "checkpoints" / "last.pt").exists()
     assert _fresh_or_resume(ctx("bbb")) is True  # new data: the old checkpoint must go
     assert not (out / "checkpoints").exists()
+    (out / "attempt.json").write_text('{"key": "k1", "upstr')  # torn write
+    assert _fresh_or_resume(ctx("bbb")) is True

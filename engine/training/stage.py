@@ -104,7 +104,10 @@ def start_attempt(run_dir: Path, attempt: dict[str, Any]) -> bool:
     """Keep ``run_dir``'s checkpoints and logs when they belong to ``attempt``; otherwise clear
     them and record ``attempt`` (``attempt.json``).  True when the run starts fresh."""
     marker = run_dir / ATTEMPT_FILE
-    previous = json.loads(marker.read_text()) if marker.exists() else None
+    try:
+        previous = json.loads(marker.read_text()) if marker.exists() else None
+    except (ValueError, UnicodeDecodeError):  # a torn marker proves nothing: start fresh
+        previous = None
     if previous == attempt:
         return False
     for child in ("checkpoints", "metrics.csv", "curves.png", "train.log"):

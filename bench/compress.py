@@ -157,14 +157,11 @@ def bench_run(run_dir: Path, args: argparse.Namespace, work: Path) -> list[dict[
     quantized here (static QDQ, calibrated on the run's training images).  Accuracy: hmean
     and end-to-end line accuracy with the run's fp32 recognizer export reading the boxes.
     """
+    from engine.compress.accuracy import end_to_end_accuracy
     from engine.compress.latency import make_session
     from engine.compress.prune import load_pruned
     from engine.data.manifest import load_image_rgb
-    from engine.runtime.geometry import crop_polygon
-    from engine.runtime.postprocess import ctc_greedy_decode, db_boxes
-    from engine.runtime.preprocess import recognizer_widths
     from engine.training.datasets import detection_records
-    from engine.training.metrics import detection_metrics, end_to_end_metrics
     from engine.training.tasks import model_from_checkpoint
 
     manifest = run_dir / "data" / "manifest.jsonl"
@@ -188,29 +185,17 @@ def bench_run(run_dir: Path, args: argparse.Namespace, work: Path) -> list[dict[
         quantize_static_qdq(paths[name], paths[int8], calib, args.calib_method,
                             reduce_range=args.reduce_range, calib_options=options)
 
-    def read(crops: list[np.ndarray]) -> list[str]:
-        x = recognizer_input(crops, 32, 320)
-        lengths = [w // 4 for w in recognizer_widths(crops, 32, 320)]
-        return [t for t, _ in ctc_greedy_decode(reader.run(None, {"input": x})[0], charset, lengths=lengths)]
-
     square = [generate_square(img, args.size) for img in images[:3]]
     lat = compare_latency(paths, square, args.threads, args.runs, args.rounds, args.warmup)
+    postprocess = {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": args.unclip}
     rows = []
     for name, path in paths.items():
-        session = make_session(path, args.threads)
-        dets, lines = [], []
-        for img in images:
-            x, scale = detector_input(img, args.size)
-            boxes = db_boxes(session.run(None, {"input": x})[0][0, 0], scale, img.shape[:2],
-                             thresh=0.3, box_thresh=0.6, unclip_ratio=args.unclip)
-            texts = read([crop_polygon(img, p) for p, _ in boxes]) if boxes else []
-            dets.append(boxes)
-            lines.append([{"points": p, "text": t} for (p, _), t in zip(boxes, texts, strict=True)])
+        acc = end_to_end_accuracy(make_session(path, args.threads), reader, images, gts, charset,
+                                  max_side=args.size, height=32, max_width=320, postprocess=postprocess)
         rows.append({"variant": name, "onnx_mb": round(path.stat().st_size / 1e6, 3),
                      "median_ms": round(lat[name]["median_ms"], 2), "p90_ms": round(lat[name]["p90_ms"], 2),
                      "x_fp32": round(lat[name]["median_ms"] / lat["fp32"]["median_ms"], 3),
-                     "hmean": round(detection_metrics(gts, dets)["hmean"], 4),
-                     "e2e_line_accuracy": round(end_to_end_metrics(gts, lines)["e2e_line_accuracy"], 4)})
+                     "hmean": round(acc["hmean"], 4), "e2e_line_accuracy": round(acc["e2e_line_accuracy"], 4)})
     return rows
 
 

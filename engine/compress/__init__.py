@@ -9,7 +9,9 @@ Functional entry points (the graph's prune / export / build stages call these):
 - :mod:`engine.compress.fp16`      — ``convert_fp16`` (onnxconverter-common)
 - :mod:`engine.compress.tensorrt`  — ``tensorrt_build_plan``, ``write_build_script``,
   ``maybe_build_locally``
-- :mod:`engine.compress.latency`   — ``measure_latency`` (onnxruntime CPU)
+- :mod:`engine.compress.latency`   — ``measure_latency``, ``compare_latency`` (onnxruntime CPU)
+- :mod:`engine.compress.accuracy`  — ``end_to_end_accuracy``, ``read_crops`` of bare ONNX sessions
+- :mod:`engine.compress.distill`   — ``Distilled``: a frozen teacher term for the prune fine-tune (torch)
 
 This file stays import-light on purpose (standard library only): importing the package must not
 pull torch into processes that only quantize or time ONNX models.  The atomic-write helpers live

@@ -195,9 +195,7 @@ def onnx_metric(ctx: StageContext, model_name: str, limit: int = GUARD_IMAGES) -
     up to ``limit`` val images (their crops for the recognizer); 0.5 point is 2 lines there.
     """
     from ..data.manifest import load_image_rgb
-    from ..runtime.postprocess import crop_polygon, ctc_greedy_decode, db_boxes
-    from ..runtime.preprocess import detector_input, recognizer_input, recognizer_widths
-    from ..training.metrics import end_to_end_metrics
+    from .accuracy import end_to_end_accuracy, read_crops
     from .latency import make_session
 
     profile = ctx.profile
@@ -206,40 +204,25 @@ def onnx_metric(ctx: StageContext, model_name: str, limit: int = GUARD_IMAGES) -
     rec = ctx.recipe.models.recognizer
     charset = ctx.upstream_artifact("export", "charset")
 
-    def read(session: Any, crops: list[np.ndarray]) -> list[str]:
-        texts: list[str] = []
-        for start in range(0, len(crops), 16):
-            chunk = crops[start : start + 16]
-            logits = session.run(None, {"input": recognizer_input(chunk, rec.height, rec.max_width)})[0]
-            lengths = [w // 4 for w in recognizer_widths(chunk, rec.height, rec.max_width)]
-            texts += [t for t, _ in ctc_greedy_decode(logits, charset, lengths=lengths)]
-        return texts
-
     if model_name == "detector":
         records = (_records(ctx, "val") or _records(ctx, "train"))[:limit]
         images = [load_image_rgb(r.image) for r in records]
-        inputs = [detector_input(img, profile.detector.max_side) for img in images]
         gts = [[ln.to_dict() for ln in r.lines] for r in records]
         reader = make_session(ctx.upstream_artifact("export", "recognizer_onnx"), 2)
+        postprocess = {"thresh": pp.thresh, "box_thresh": pp.box_thresh,
+                       "unclip_ratio": pp.unclip_ratio, "shrink_ratio": pp.shrink_ratio}
 
         def detector_fn(path: Any) -> float:
-            session = make_session(path, 2)
-            lines = []
-            for img, (x, scale) in zip(images, inputs, strict=True):
-                prob = session.run(None, {"input": x})[0]
-                boxes = db_boxes(prob[0, 0], scale, img.shape[:2], thresh=pp.thresh,
-                                 box_thresh=pp.box_thresh, unclip_ratio=pp.unclip_ratio,
-                                 shrink_ratio=pp.shrink_ratio)
-                texts = read(reader, [crop_polygon(img, pts) for pts, _ in boxes]) if boxes else []
-                lines.append([{"points": pts, "text": t} for (pts, _), t in zip(boxes, texts, strict=True)])
-            return float(end_to_end_metrics(gts, lines)["e2e_line_accuracy"])
+            return end_to_end_accuracy(make_session(path, 2), reader, images, gts, charset,
+                                       max_side=profile.detector.max_side, height=rec.height,
+                                       max_width=rec.max_width, postprocess=postprocess)["e2e_line_accuracy"]
 
         return detector_fn
     crops = (_crop_paths(ctx, "val") or _crop_paths(ctx, "train"))[: limit * 10]
     images = [load_image_rgb(p) for p, _ in crops]
 
     def recognizer_fn(path: Any) -> float:
-        texts = read(make_session(path, 2), images)
+        texts = read_crops(make_session(path, 2), images, charset, rec.height, rec.max_width)
         return sum(t == gt for t, (_, gt) in zip(texts, crops, strict=True)) / max(len(crops), 1)
 
     return recognizer_fn

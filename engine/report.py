@@ -314,6 +314,9 @@ def _training_sections(run_dir: Path, names: list[str], metrics: dict[str, dict[
                          _ratio(p.get("macs_after"), p.get("macs_before"))])
             rows.append([model, "ONNX latency", fmt_ms(p.get("latency_ms_before")), fmt_ms(p.get("latency_ms_after")),
                          _ratio(p.get("latency_ms_after"), p.get("latency_ms_before"))])
+            if metric and p.get(f"{metric}_pruned") is not None:
+                rows.append([model, f"{metric}, pruned before fine-tuning", fmt(p.get(f"{metric}_before")),
+                             fmt(p.get(f"{metric}_pruned")), _diff(p.get(f"{metric}_pruned"), p.get(f"{metric}_before"))])
             if metric:
                 rows.append([model, metric, fmt(p.get(f"{metric}_before")), fmt(p.get(f"{metric}_after")),
                              _diff(p.get(f"{metric}_after"), p.get(f"{metric}_before"))])

@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from engine.compress.export import export_onnx
-from engine.compress.prune import PruneError, load_pruned, prune_model, save_pruned
+from engine.compress.prune import (
+    PruneError,
+    load_pruned,
+    prune_model,
+    recalibrate_batchnorm,
+    save_pruned,
+    task_batches,
+    task_losses,
+)
 from engine.models import build_detector, build_recognizer
 from engine.runtime.preprocess import detector_input, recognizer_input
 
@@ -127,3 +135,51 @@ def test_taylor_needs_a_loss_and_bad_arguments_are_rejected():
         prune_model(model, x, 1.0)
     _, report = prune_model(model, x, 0.2, importance="taylor", loss_fn=lambda m: m(x).mean())
     assert report["macs_after"] < report["macs_before"]
+
+
+def test_recalibrate_batchnorm_estimates_the_data_statistics():
+    torch.manual_seed(0)
+    conv, norm = torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)
+    model = torch.nn.Sequential(conv, norm, torch.nn.ReLU()).eval()
+    norm.running_mean.fill_(5.0)  # stale, as after pruning the layer's inputs
+    norm.running_var.fill_(100.0)
+    batches = [torch.randn(4, 3, 16, 16) * 2 + 1 for _ in range(3)]
+    assert recalibrate_batchnorm(model, batches, max_batches=2) == 2
+    with torch.no_grad():
+        seen = torch.cat([conv(b) for b in batches[:2]])
+    torch.testing.assert_close(norm.running_mean, seen.mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
+    assert norm.momentum == 0.1 and not model.training
+    before = norm.running_mean.clone()
+    assert recalibrate_batchnorm(model, []) == 0  # no data: statistics kept, not reset
+    torch.testing.assert_close(norm.running_mean, before)
+
+
+def test_taylor_ranks_by_the_task_loss_over_several_batches(tmp_path):
+    from test_training_tasks import _manifest  # the tiny real detection manifest
+
+    from engine.training.tasks import DetectorTask
+
+    task = DetectorTask(_manifest(tmp_path), backbone="mobilenetv3", train_size=64, input_size=128)
+    losses = list(task_losses(task, batches=2, batch_size=2)(task.model))
+    assert len(losses) == 2 and all(loss.ndim == 0 and torch.isfinite(loss) for loss in losses)
+    x = torch.from_numpy(detector_input(_rgb(PHOTOS[0]), 64)[0])
+    model, report = prune_model(task.model, x, 0.3, "taylor", loss_fn=task_losses(task, 2, 2))
+    assert report["macs_after"] < 0.8 * report["macs_before"]
+    assert all(p.grad is None for p in model.parameters())
+    assert recalibrate_batchnorm(model, task_batches(task, batch_size=2)) == 2  # 3 images
+    assert len(task.validate(model.eval())) >= 3  # the pruned, re-normalised model still runs
+
+
+def test_prune_stage_keeps_old_batchnorm_statistics_unless_they_score_worse(tmp_path):
+    """An untrained detector finds nothing with either statistics: the tie keeps the old ones."""
+    from test_training_tasks import _manifest
+
+    from engine.compress.stage import _renormalise
+    from engine.training.tasks import DetectorTask
+
+    task = DetectorTask(_manifest(tmp_path), backbone="mobilenetv3", train_size=64, input_size=128)
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    acc, reestimated = _renormalise(task, task.model, batch_size=2)
+    assert acc["hmean"] == 0 and reestimated is False
+    for key, value in task.model.state_dict().items():
+        assert torch.equal(value, before[key]), key

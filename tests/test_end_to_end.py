@@ -61,6 +61,8 @@ def test_every_stage_ran_and_produced_artifacts(finished):
     assert "fp16" in summary["artifacts"]["jetson-nano"]["candidates"]
     prune = summary["metrics"]["prune"]
     assert prune["detector_params_after"] < prune["detector_params_before"]
+    # the metric right after pruning, with whichever BatchNorm statistics scored better
+    assert 0 <= prune["detector_hmean_pruned"] <= 1 and isinstance(prune["detector_batchnorm_reestimated"], bool)
     assert 0 <= summary["metrics"]["evaluate"]["hmean"] <= 1
 
 

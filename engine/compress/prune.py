@@ -35,9 +35,10 @@ Loading builds the unpruned model from the spec, shrinks each module to the reco
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,10 @@ __all__ = [
     "count_macs_params",
     "load_pruned",
     "prune_model",
+    "recalibrate_batchnorm",
     "save_pruned",
+    "task_batches",
+    "task_losses",
 ]
 
 #: module-name prefixes never pruned on their outputs: DB head branches and the CRNN classifier.
@@ -172,15 +176,15 @@ def prune_model(
     importance: str = "l1",
     keep: Sequence[str] = DEFAULT_KEEP,
     round_to: int | None = 8,
-    loss_fn: Callable[[nn.Module], torch.Tensor] | None = None,
+    loss_fn: Callable[[nn.Module], torch.Tensor | Iterable[torch.Tensor]] | None = None,
     iterative_steps: int = 1,
     global_pruning: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Remove ``amount`` (0..1) of the channels of every prunable layer group, in place.
 
     ``importance``: "l1" / "l2" (group magnitude, p=1/2), "taylor" (first-order, needs
-    ``loss_fn(model) -> scalar loss`` on real training data: weight x gradient is meaningless
-    without a real loss), "lamp".  ``keep``: module-name prefixes (or fnmatch patterns such
+    ``loss_fn(model)`` -> a scalar loss, or an iterable of per-batch losses, on real training
+    data: weight x gradient is meaningless without a real loss; see ``task_losses``), "lamp".  ``keep``: module-name prefixes (or fnmatch patterns such
     as "*head*") whose outputs are never pruned; the output layers of heads / classifiers are
     always kept.  ``round_to``: keep channel counts multiples of this (8 suits SIMD and TensorRT).
     ``iterative_steps`` > 1 prunes in several smaller steps (re-ranking in between, and
@@ -243,8 +247,9 @@ def prune_model(
         if importance == "taylor":
             assert loss_fn is not None
             model.zero_grad(set_to_none=True)
-            loss = loss_fn(model)
-            loss.backward()
+            losses = loss_fn(model)
+            for loss in [losses] if isinstance(losses, torch.Tensor) else losses:
+                loss.backward()  # one batch at a time: gradients add up, graphs do not
             # layers the loss does not reach (DBNet's threshold branch under an eval-mode
             # loss) get zero gradients: Taylor importance then ranks them by the others.
             for p in model.parameters():
@@ -262,6 +267,70 @@ def prune_model(
     )
     model.train(was_training)
     return model, report
+
+
+def task_batches(task: Any, batch_size: int = 8, seed: int = 0) -> Iterator[dict[str, Any]]:
+    """Augmented training batches of a training task (the ``engine.training.loop.fit`` contract:
+    ``train_dataset()``, optional ``collate_fn``), shuffled with a fixed seed so that what they
+    decide (Taylor ranks, BatchNorm statistics) is reproducible."""
+    yield from torch.utils.data.DataLoader(
+        task.train_dataset(), batch_size=batch_size, shuffle=True,
+        generator=torch.Generator().manual_seed(seed), collate_fn=getattr(task, "collate_fn", None))
+
+
+def task_losses(task: Any, batches: int = 8, batch_size: int = 8,
+                seed: int = 0) -> Callable[[nn.Module], Iterator[torch.Tensor]]:
+    """``loss_fn`` for Taylor importance: the task's own training loss on ``batches`` real
+    training batches, one at a time (``prune_model`` back-propagates each, so memory holds one
+    batch's graph).  One batch is too noisy a gradient to rank channels by: on the flagship's
+    detector (30 %, before fine-tuning, BatchNorm re-estimated) hmean was 0.54 after one batch
+    of 8 and 0.78 after eight."""
+    def losses(model: nn.Module) -> Iterator[torch.Tensor]:
+        model.train()
+        for i, batch in enumerate(task_batches(task, batch_size, seed)):
+            if i >= batches:
+                break
+            yield task.compute_loss(model, batch)[0]
+    return losses
+
+
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor | dict[str, Any]],
+                          max_batches: int = 25) -> int:
+    """Re-estimate every BatchNorm's running mean/variance on real training ``batches`` (input
+    tensors, or training batches whose input is under "image", e.g. ``task_batches``).
+
+    Why: removing a layer's input channels changes the distribution of its outputs, so the
+    BatchNorm statistics that follow are stale right after pruning and the network's accuracy
+    collapses more than the removed weights alone explain.  Re-estimating them (forward passes
+    in train mode, no gradient, cumulative average) restores much of it before any weight moves
+    (the "adaptive BN" of EagleEye, Li et al. 2020) and gives the fine-tune a better start.
+    Returns the number of batches used; the model comes back in the mode it came in.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    was = model.training
+    momenta = [m.momentum for m in norms]
+    saved = [copy.deepcopy(m.state_dict()) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the batches seen
+    used = 0
+    model.train()
+    try:
+        with torch.no_grad():
+            for x in batches:
+                if used >= max_batches:
+                    break
+                model(x["image"] if isinstance(x, dict) else x)
+                used += 1
+    finally:
+        for m, mom, state in zip(norms, momenta, saved, strict=True):
+            m.momentum = mom
+            if used == 0:  # no data (or it failed): keep the old statistics, not reset ones
+                m.load_state_dict(state)
+        model.train(was)
+    return used
 
 
 # ------------------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def run_prune(ctx: StageContext) -> StageResult:
     from .distill import Distilled
     from .export import export_onnx
     from .latency import compare_latency
-    from .prune import prune_model, save_pruned
+    from .prune import prune_model, save_pruned, task_losses
 
     spec = ctx.recipe.optimize.prune
     outputs, metrics, artifacts = [], {}, {}
@@ -111,7 +111,11 @@ def run_prune(ctx: StageContext) -> StageResult:
         start_attempt(work, attempt_of(ctx))  # resume only a fine-tune of these same settings
         before_onnx = export_onnx(model, model_name, work / "before.onnx", samples, simplify=False)
         teacher = copy.deepcopy(model) if spec.distill and spec.finetune_epochs > 0 else None
-        pruned, report = prune_model(model, example, spec.amount, spec.importance, keep=_keep(keep))
+        batch_size = int(ctx.recipe.train.for_model(model_name)["batch_size"])
+        losses = task_losses(task, batch_size=batch_size) if spec.importance == "taylor" else None
+        pruned, report = prune_model(model, example, spec.amount, spec.importance, keep=_keep(keep),
+                                     loss_fn=losses)
+        pruned_acc, renormalised = _renormalise(task, pruned, batch_size)
         if spec.finetune_epochs > 0:
             cfg = train_config(ctx, model_name, epochs=spec.finetune_epochs, run_dir=work)
             cfg.name = f"prune:{model_name}"
@@ -132,8 +136,10 @@ def run_prune(ctx: StageContext) -> StageResult:
             "macs_before": report["macs_before"], "macs_after": report["macs_after"],
             "latency_ms_before": before_lat["median_ms"], "latency_ms_after": after_lat["median_ms"],
             "latency_ratio": after_lat["median_ms"] / max(before_lat["median_ms"], 1e-9),
-            f"{key}_before": before_acc.get(key), f"{key}_after": after_acc.get(key),
+            f"{key}_before": before_acc.get(key), f"{key}_pruned": pruned_acc.get(key),
+            f"{key}_after": after_acc.get(key),
             "export_max_abs_diff": before_onnx.get("max_abs_diff"),
+            "batchnorm_reestimated": renormalised,
         }
         out = ctx.out_dir / f"{model_name}.pruned.pt"
         save_pruned(out, pruned, build, extra={"meta": meta, "metrics": m})
@@ -143,6 +149,33 @@ def run_prune(ctx: StageContext) -> StageResult:
         metrics.update({f"{model_name}_{k}": v for k, v in m.items()})
         artifacts[f"{model_name}_pruned"] = str(out)
     return StageResult(outputs=outputs, metrics=metrics, artifacts=artifacts)
+
+
+def _renormalise(task: Any, model: Any, batch_size: int) -> tuple[dict[str, float], bool]:
+    """Re-estimate the pruned model's BatchNorm statistics on training batches, and keep them
+    when the validation metric says they are better -> (the metric of the kept model, kept?).
+
+    On the flagship's detector (30 %, before fine-tuning) re-estimation lifts hmean from 0.00 to
+    0.10 after L1 pruning and Taylor-pruned models reach 0.56-0.78; a barely trained network
+    can instead get near-zero variances that make its outputs fragile (fp16 parity failed on
+    one), so the measurement decides; a tie keeps the old statistics.  Without a validation
+    split the re-estimated ones are kept: fine-tuning in train mode replaces the running
+    statistics within a few dozen steps anyway.
+    """
+    from .prune import recalibrate_batchnorm, task_batches
+
+    stale = copy.deepcopy(model.state_dict())
+    stale_acc = task.validate(model.eval()) if task.metric else {}
+    if not recalibrate_batchnorm(model, task_batches(task, batch_size)):
+        return stale_acc, False
+    if not task.metric:
+        return {}, True
+    acc = task.validate(model.eval())
+    better = (acc[task.metric] > stale_acc[task.metric]) == (getattr(task, "metric_mode", "max") == "max")
+    if acc[task.metric] != stale_acc[task.metric] and better:
+        return acc, True
+    model.load_state_dict(stale)
+    return stale_acc, False
 
 
 def _keep(extra: list[str]) -> tuple[str, ...]:

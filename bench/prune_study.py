@@ -1,0 +1,155 @@
+"""Pruning study on a finished run: which prune + fine-tune recipe keeps the detector's accuracy.
+
+    python bench/prune_study.py --run runs/nameplates --variants oneshot,bn --epochs 6
+    python bench/prune_study.py --run runs/nameplates --variants l1,lamp,taylor --epochs 0
+
+Each variant starts from the run's trained detector (train/detector/checkpoints/best.pt), prunes
+``--amount`` of its channels, optionally re-estimates BatchNorm statistics, fine-tunes for
+``--epochs`` on the run's training images (the prune stage's own training loop), and is scored on
+the run's val images twice: hmean (the prune stage's metric) and end-to-end line accuracy with
+the run's fp32 recognizer export reading the boxes (what users lose).  Rows:
+
+    unpruned   the trained detector itself (the reference)
+    oneshot    prune once, fine-tune
+    bn         prune once, re-estimate BatchNorm, fine-tune
+    iterN      N rounds of (prune amount/N of the original channels, re-estimate BN,
+               fine-tune epochs/N)
+    l1 / l2 / lamp / taylor   importance criterion with BN re-estimation (use --epochs 0 to
+               compare the criteria before any fine-tuning)
+
+Writes bench/results/prune_study.json (one row per variant, appended as each finishes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from engine.compress import atomic_write_bytes  # noqa: E402
+from engine.compress.accuracy import end_to_end_accuracy  # noqa: E402
+from engine.compress.distill import Distilled  # noqa: E402
+from engine.compress.export import export_onnx  # noqa: E402
+from engine.compress.latency import make_session  # noqa: E402
+from engine.compress.prune import (  # noqa: E402
+    count_macs_params,
+    prune_model,
+    recalibrate_batchnorm,
+    task_batches,
+    task_losses,
+)
+from engine.data.manifest import load_image_rgb  # noqa: E402
+from engine.runtime.preprocess import detector_input  # noqa: E402
+from engine.training.datasets import detection_records  # noqa: E402
+from engine.training.loop import TrainConfig, fit  # noqa: E402
+from engine.training.tasks import DetectorTask, model_from_checkpoint  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "prune_study.json"
+
+
+def finetune(task: DetectorTask, model: torch.nn.Module, epochs: int, lr: float, work: Path,
+             batch_size: int, warmup: float, teacher: torch.nn.Module | None = None,
+             distill: float = 0.0) -> torch.nn.Module:
+    if epochs <= 0:
+        return model
+    task.model = model
+    trainee = Distilled(task, teacher, distill) if teacher is not None and distill > 0 else task
+    fit(trainee, TrainConfig(run_dir=str(work), epochs=epochs, batch_size=batch_size, lr=lr,
+                             warmup_epochs=warmup, resume=False, tensorboard=False, tty=False,
+                             name="prune-study", device="cpu"))
+    return task.model.eval()
+
+
+def prune_variant(name: str, base: torch.nn.Module, task: DetectorTask, args: argparse.Namespace,
+                  example: torch.Tensor, work: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    model = copy.deepcopy(base)
+    info: dict[str, Any] = {}
+    rounds = int(name[4:]) if name.startswith("iter") else 1
+    importance = name if name in ("l1", "l2", "lamp", "taylor") else args.importance
+    recal = name != "oneshot"
+
+    kept = 1.0
+    for r in range(1, rounds + 1):
+        target = 1.0 - args.amount * r / rounds  # fraction of the original channels left
+        step = 1.0 - target / kept
+        kept = target
+        losses = task_losses(task, args.taylor_batches, seed=r) if importance == "taylor" else None
+        model, _ = prune_model(model, example, step, importance, loss_fn=losses)
+        if recal:
+            recalibrate_batchnorm(model, task_batches(task, 8, seed=r))
+        if r == 1:
+            info["hmean_pruned"] = task.validate(model.eval())["hmean"]
+        model = finetune(task, model, args.epochs // rounds, args.lr, work / f"{name}-{r}",
+                         args.batch_size, args.warmup, copy.deepcopy(base), args.distill)
+    return model, info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, default=ROOT / "runs" / "nameplates")
+    ap.add_argument("--variants", default="oneshot,bn")
+    ap.add_argument("--amount", type=float, default=0.3)
+    ap.add_argument("--importance", default="l1")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=float, default=0.0, help="warm-up epochs of the fine-tune")
+    ap.add_argument("--distill", type=float, default=0.0, help="weight of the unpruned model's maps")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--unclip", type=float, default=1.7)
+    ap.add_argument("--eval-images", type=int, default=40)
+    ap.add_argument("--taylor-batches", type=int, default=4, help="batches of 8 for Taylor gradients")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+
+    run = args.run
+    manifest = run / "data" / "manifest.jsonl"
+    base, meta = model_from_checkpoint(run / "train" / "detector" / "checkpoints" / "best.pt")
+    post = {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": args.unclip}
+    task = DetectorTask(manifest, backbone=meta["backbone"], train_size=384, input_size=640,
+                        postprocess=post, val_limit=args.eval_images)
+    charset = model_from_checkpoint(run / "train" / "recognizer" / "checkpoints" / "best.pt")[1]["charset"]
+    reader = make_session(run / "export" / "recognizer.onnx", 2)
+    val = detection_records(manifest, "val")[: args.eval_images]
+    images = [load_image_rgb(r.image) for r in val]
+    gts = [[ln.to_dict() for ln in r.lines] for r in val]
+    feeds = [detector_input(img, 640)[0] for img in images[:2]]
+    example = torch.from_numpy(feeds[0])
+
+    rows: list[dict[str, Any]] = json.loads(args.out.read_text()) if args.out.exists() else []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name in ["unpruned", *args.variants.split(",")]:
+            t0 = time.monotonic()
+            if name == "unpruned":
+                model, info = base.eval(), {}
+            else:
+                model, info = prune_variant(name, base, task, args, example, work)
+            onnx = work / f"{name}.onnx"
+            export_onnx(model.eval(), "detector", onnx, feeds, simplify=False)
+            acc = end_to_end_accuracy(make_session(onnx, 2), reader, images, gts, charset, max_side=640,
+                                      height=32, max_width=320, postprocess=post)
+            macs, params = count_macs_params(model, example)
+            row = {"variant": name, "amount": args.amount, "epochs": args.epochs if name != "unpruned" else 0,
+                   "lr": args.lr, "distill": args.distill, "macs_g": round(macs / 1e9, 3),
+                   "params_m": round(params / 1e6, 3), **info,
+                   "hmean": round(acc["hmean"], 4), "e2e_line_accuracy": round(acc["e2e_line_accuracy"], 4),
+                   "seconds": round(time.monotonic() - t0, 1)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(args.out, json.dumps(rows, indent=1).encode())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -59,14 +59,14 @@ RESULTS = ROOT / "bench" / "results" / "prune_study.json"
 
 def finetune(task: DetectorTask, model: torch.nn.Module, epochs: int, lr: float, work: Path,
              batch_size: int, warmup: float, teacher: torch.nn.Module | None = None,
-             distill: float = 0.0) -> torch.nn.Module:
+             distill: float = 0.0, seed: int = 0) -> torch.nn.Module:
     if epochs <= 0:
         return model
     task.model = model
     trainee = Distilled(task, teacher, distill) if teacher is not None and distill > 0 else task
     fit(trainee, TrainConfig(run_dir=str(work), epochs=epochs, batch_size=batch_size, lr=lr,
                              warmup_epochs=warmup, resume=False, tensorboard=False, tty=False,
-                             name="prune-study", device="cpu"))
+                             name="prune-study", device="cpu", seed=seed))
     return task.model.eval()
 
 
@@ -83,14 +83,14 @@ def prune_variant(name: str, base: torch.nn.Module, task: DetectorTask, args: ar
         target = 1.0 - args.amount * r / rounds  # fraction of the original channels left
         step = 1.0 - target / kept
         kept = target
-        losses = task_losses(task, args.taylor_batches, seed=r) if importance == "taylor" else None
+        losses = task_losses(task, args.taylor_batches, seed=args.seed + r) if importance == "taylor" else None
         model, _ = prune_model(model, example, step, importance, loss_fn=losses)
         if recal:
-            recalibrate_batchnorm(model, task_batches(task, 8, seed=r))
+            recalibrate_batchnorm(model, task_batches(task, 8, seed=args.seed + r))
         if r == 1:
             info["hmean_pruned"] = task.validate(model.eval())["hmean"]
         model = finetune(task, model, args.epochs // rounds, args.lr, work / f"{name}-{r}",
-                         args.batch_size, args.warmup, copy.deepcopy(base), args.distill)
+                         args.batch_size, args.warmup, copy.deepcopy(base), args.distill, args.seed)
     return model, info
 
 
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unclip", type=float, default=1.7)
     ap.add_argument("--eval-images", type=int, default=40)
     ap.add_argument("--taylor-batches", type=int, default=4, help="batches of 8 for Taylor gradients")
+    ap.add_argument("--seed", type=int, default=0, help="seeds the fine-tune and the batches pruning sees")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
 
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                                       height=32, max_width=320, postprocess=post)
             macs, params = count_macs_params(model, example)
             row = {"variant": name, "amount": args.amount, "epochs": args.epochs if name != "unpruned" else 0,
-                   "lr": args.lr, "distill": args.distill, "macs_g": round(macs / 1e9, 3),
+                   "lr": args.lr, "distill": args.distill, "seed": args.seed, "macs_g": round(macs / 1e9, 3),
                    "params_m": round(params / 1e6, 3), **info,
                    "hmean": round(acc["hmean"], 4), "e2e_line_accuracy": round(acc["e2e_line_accuracy"], 4),
                    "seconds": round(time.monotonic() - t0, 1)}

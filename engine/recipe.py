@@ -211,7 +211,9 @@ class TrainSpec(TrainOverrides):
 
 class PruneSpec(Strict):
     amount: float = Field(0.0, ge=0, lt=1, description="fraction of channels removed; 0 = off")
-    importance: Literal["l1", "l2", "taylor", "lamp"] = "l1"
+    importance: Literal["l1", "l2", "taylor", "lamp"] = Field(
+        "taylor", description="channel ranking: taylor (weight x gradient of the training loss on "
+        "real batches; best measured), l1/l2 (weight magnitude), lamp")
     models: list[Literal["detector", "recognizer"]] = ["detector"]
     keep: list[str] = Field(["head"], description="module name prefixes never pruned")
     finetune_epochs: int = Field(5, ge=0, le=10_000)

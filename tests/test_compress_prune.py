@@ -54,8 +54,11 @@ def test_pruning_changes_channels_and_keeps_heads(pruned_detector):
         if n.startswith(("prob_head", "thresh_head")):
             assert after[n] == before[n], n
     assert model.prob_head.body[-1].out_channels == 1
-    # round_to=8 for every pruned layer
+    # round_to=8 for every pruned layer, rounded up: no layer keeps fewer than int(70 %) of its
+    # channels (rounding down cut 16-channel layers to 8)
     assert all(after[n] % 8 == 0 for n in shrunk)
+    assert all(after[n] >= int(0.7 * before[n]) for n in before), {n: (before[n], after[n]) for n in shrunk}
+    assert {before[n] for n in shrunk} >= {40, 64}  # ... while layers big enough to round still shrink
     # the neck's lateral convs are coupled by the top-down adds: same width everywhere
     assert len({c.out_channels for c in model.neck.lateral}) == 1
     assert report["channels"]["neck.lateral.0"]["after"][1] == model.neck.lateral[0].out_channels
@@ -160,6 +163,11 @@ def test_taylor_ranks_by_the_task_loss_over_several_batches(tmp_path):
     from engine.training.tasks import DetectorTask
 
     task = DetectorTask(_manifest(tmp_path), backbone="mobilenetv3", train_size=64, input_size=128)
+    state = torch.random.get_rng_state()
+    first, again = list(task_batches(task, 2, seed=3)), list(task_batches(task, 2, seed=3))
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left alone
+    assert len(first) == 2 and all(torch.equal(a["image"], b["image"]) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0]["image"], next(task_batches(task, 2, seed=4))["image"])
     losses = list(task_losses(task, batches=2, batch_size=2)(task.model))
     assert len(losses) == 2 and all(loss.ndim == 0 and torch.isfinite(loss) for loss in losses)
     x = torch.from_numpy(detector_input(_rgb(PHOTOS[0]), 64)[0])

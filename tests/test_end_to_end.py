@@ -175,3 +175,33 @@ def test_new_data_under_the_same_recipe_trains_fresh(tmp_path: Path) -> None:
     assert not (out / "checkpoints").exists()
     (out / "attempt.json").write_text('{"key": "k1", "upstr')  # torn write
     assert _fresh_or_resume(ctx("bbb")) is True
+
+
+def test_interrupted_prune_resumes_from_its_recorded_pruned_model(finished):
+    """A prune stage that died after pruning re-runs from the model it pruned (prune/<model>/
+    pruned.pt), not from a new pruning: Taylor ranks come from gradients and need not repeat."""
+    pipeline = Pipeline(finished.loaded)
+    pipeline.run(only=["prune"])  # settings may have been changed by an earlier test
+    work = pipeline.run_dir / "prune" / "detector"
+    started = (work / "pruned.pt").read_bytes()
+    (pipeline.run_dir / "prune" / "result.json").unlink()  # as if it died before finishing
+    report = pipeline.run(only=["prune"])
+    assert report.executed == ["prune"], report.failed
+    assert (work / "pruned.pt").read_bytes() == started
+    assert "resumed at epoch 1" in (work / "train.log").read_text()
+
+
+def test_int8_targets_with_the_same_settings_share_the_guarded_model(finished):
+    """reduce_range set for every target: rpi4 would build local-cpu's int8 models again, guard
+    search included; it takes them from the run's int8 cache instead, byte for byte."""
+    same = load_recipe(finished.loaded.path, [*finished.loaded.overrides, "optimize.quantize.reduce_range=true"])
+    pipeline = Pipeline(same)
+    assert pipeline.run(only=["build:local-cpu"]).ok
+    report = pipeline.run(only=["build:rpi4"])
+    assert report.executed == ["build:rpi4"], report.failed
+    bundles = [pipeline.run_dir / "build" / t / "bundle" for t in ("local-cpu", "rpi4")]
+    guards = [json.loads((b / "manifest.json").read_text())["int8_guard"] for b in bundles]
+    assert guards[1]["detector"]["reused"].startswith("cache/int8/detector-")  # local-cpu's entry
+    assert guards[1]["recognizer"]["excluded"] == guards[0]["recognizer"]["excluded"]
+    for model in ("detector", "recognizer"):
+        assert (bundles[0] / "models" / "int8" / f"{model}.onnx").read_bytes() == (bundles[1] / "models" / "int8" / f"{model}.onnx").read_bytes()

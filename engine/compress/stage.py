@@ -80,12 +80,12 @@ def run_prune(ctx: StageContext) -> StageResult:
 
     from ..training.ddp import resolve_factory
     from ..training.loop import fit
-    from ..training.stage import attempt_of, start_attempt, task_spec, train_config
+    from ..training.stage import ATTEMPT_FILE, attempt_of, start_attempt, task_spec, train_config
     from ..training.tasks import model_from_checkpoint
     from .distill import Distilled
     from .export import export_onnx
     from .latency import compare_latency
-    from .prune import prune_model, save_pruned, task_losses
+    from .prune import load_pruned, prune_model, save_pruned, task_losses
 
     spec = ctx.recipe.optimize.prune
     outputs, metrics, artifacts = [], {}, {}
@@ -108,27 +108,45 @@ def run_prune(ctx: StageContext) -> StageResult:
                      "options": {**meta.get("model_options", {}), "num_classes": meta["num_classes"],
                                  "height": meta["height"]}}
         work = ctx.out_dir / model_name
-        start_attempt(work, attempt_of(ctx))  # resume only a fine-tune of these same settings
+        # resume only a fine-tune of these same settings, and from the very model it started
+        # from: Taylor ranks come from gradients, so re-pruning is not guaranteed to give the
+        # same channels (the resumed checkpoint would then not fit the model)
+        start = work / "pruned.pt"
+        if not start.exists():  # no recorded starting model: no checkpoint of it can be resumed
+            (work / ATTEMPT_FILE).unlink(missing_ok=True)
+        if start_attempt(work, attempt_of(ctx)):
+            start.unlink(missing_ok=True)
         before_onnx = export_onnx(model, model_name, work / "before.onnx", samples, simplify=False)
         teacher = copy.deepcopy(model) if spec.distill and spec.finetune_epochs > 0 else None
-        batch_size = int(ctx.recipe.train.for_model(model_name)["batch_size"])
-        losses = task_losses(task, batch_size=batch_size) if spec.importance == "taylor" else None
-        pruned, report = prune_model(model, example, spec.amount, spec.importance, keep=_keep(keep),
-                                     loss_fn=losses)
-        pruned_acc, renormalised = _renormalise(task, pruned, batch_size)
+        if start.exists():
+            pruned, started = load_pruned(start)
+            report, pruned_acc, renormalised = started["report"], started["pruned_acc"], started["renormalised"]
+        else:
+            batch_size = int(ctx.recipe.train.for_model(model_name)["batch_size"])
+            losses = task_losses(task, batch_size=batch_size) if spec.importance == "taylor" else None
+            pruned, report = prune_model(model, example, spec.amount, spec.importance,
+                                         keep=_keep(keep), loss_fn=losses)
+            pruned_acc, renormalised = _renormalise(task, pruned, batch_size)
+            pruned_acc = {k: float(v) for k, v in pruned_acc.items()}  # plain data: weights_only
+            save_pruned(start, pruned, build, extra={"report": report, "pruned_acc": pruned_acc,
+                                                     "renormalised": renormalised})
+        best_epoch = None
         if spec.finetune_epochs > 0:
             cfg = train_config(ctx, model_name, epochs=spec.finetune_epochs, run_dir=work)
             cfg.name = f"prune:{model_name}"
             if spec.finetune_lr is not None:  # a pruned net usually needs more than a fine-tune lr
                 cfg.lr = spec.finetune_lr
             task.model = pruned
-            fit(Distilled(task, teacher, spec.distill) if teacher is not None else task, cfg)
+            result = fit(Distilled(task, teacher, spec.distill) if teacher is not None else task, cfg)
             pruned = task.model.eval()
             del teacher
+            best_epoch = _keep_best(pruned, work, result)
         after_acc = task.validate(pruned) if task.metric else {}
         export_onnx(pruned, model_name, work / "after.onnx", samples, simplify=False)
+        # 40 runs in 8 interleaved rounds: with 20 in 5 the ratio swung 0.65-0.80 on this
+        # shared machine for the same two models (~3 s more per pruned model)
         lat = compare_latency({"before": work / "before.onnx", "after": work / "after.onnx"},
-                              samples[:1], threads=2, runs=20)
+                              samples[:1], threads=2, runs=40, rounds=8)
         before_lat, after_lat = lat["before"], lat["after"]
         key = task.metric
         m = {
@@ -140,6 +158,7 @@ def run_prune(ctx: StageContext) -> StageResult:
             f"{key}_after": after_acc.get(key),
             "export_max_abs_diff": before_onnx.get("max_abs_diff"),
             "batchnorm_reestimated": renormalised,
+            "finetune_best_epoch": best_epoch,
         }
         out = ctx.out_dir / f"{model_name}.pruned.pt"
         save_pruned(out, pruned, build, extra={"meta": meta, "metrics": m})
@@ -149,6 +168,24 @@ def run_prune(ctx: StageContext) -> StageResult:
         metrics.update({f"{model_name}_{k}": v for k, v in m.items()})
         artifacts[f"{model_name}_pruned"] = str(out)
     return StageResult(outputs=outputs, metrics=metrics, artifacts=artifacts)
+
+
+def _keep_best(model: Any, work: Path, result: Any) -> int | None:
+    """Load the fine-tune's best epoch (by the task's val metric) into ``model`` -> that epoch.
+
+    The train stage hands on its best.pt, so the unpruned model the prune stage compares with
+    was chosen the same way.  The val metric of a short fine-tune at a high lr swings by 1-2
+    points from one epoch to the next on 40 images (flagship: 0.924 at epoch 4, 0.903 at 6).
+    """
+    from ..training.checkpoint import load_checkpoint
+
+    best = work / "checkpoints" / "best.pt"
+    if result.best_epoch is None or not best.exists():
+        return None
+    if result.best_epoch != result.epoch:
+        model.load_state_dict(load_checkpoint(best)["model"], strict=True)
+    model.eval()
+    return int(result.best_epoch)
 
 
 def _renormalise(task: Any, model: Any, batch_size: int) -> tuple[dict[str, float], bool]:
@@ -300,6 +337,11 @@ def _int8(ctx: StageContext, work: Path, reduce_range: bool) -> tuple[dict[str, 
     for model_name, reader in readers.items():
         fp32 = Path(ctx.upstream_artifact("export", f"{model_name}_onnx"))
         cache = _calibration_cache(ctx, model_name, fp32, reader, settings[model_name])
+        final = int8_path(model_name, ())
+        shared = _int8_cache(ctx, model_name, cache, reduce_range)
+        if (reused := _reuse_int8(ctx, shared, final)) is not None:
+            reports[model_name], paths[model_name] = reused, final
+            continue
 
         def build(exclude: Any, fp32: Path = fp32, model_name: str = model_name, reader: Any = reader,
                   cache: Path = cache) -> Path:
@@ -316,7 +358,7 @@ def _int8(ctx: StageContext, work: Path, reduce_range: bool) -> tuple[dict[str, 
                                          budget=8, ranking_inputs=reader)
         except QuantizationError as exc:
             raise StageFailed(f"int8 {model_name}: {exc}") from None
-        final, chosen = int8_path(model_name, ()), int8_path(model_name, guard.excluded)
+        chosen = int8_path(model_name, guard.excluded)
         if chosen != final:
             chosen.replace(final)
         for stale in out_dir.glob(f"{model_name}.x*.onnx"):
@@ -325,7 +367,59 @@ def _int8(ctx: StageContext, work: Path, reduce_range: bool) -> tuple[dict[str, 
         if not guard.met:
             ctx.log.warning("int8 %s: drop still above max_drop after %d exclusions", model_name, len(guard.excluded))
         paths[model_name] = final
+        _store_int8(shared, final, reports[model_name])
     return paths, reports
+
+
+def _int8_cache(ctx: StageContext, model_name: str, calibration: Path, reduce_range: bool) -> Path:
+    """Where a guarded int8 model of this run is kept for the other targets that would build
+    exactly the same one: same calibration entry, weight settings, exclusions and guard (val
+    data, input size, the exports it reads with, postprocessing).  The flagship's local-cpu and
+    rpi4 differ only in threads and transport; the guard's exclusion search takes ~1.5 min."""
+    from ..config import stable_hash
+
+    q = ctx.recipe.optimize.quantize
+    profile = ctx.profile
+    assert profile is not None
+    key = stable_hash({
+        "calibration": calibration.name, "reduce_range": reduce_range, "per_channel": q.per_channel,
+        "exclude": list(q.exclude), "max_drop": q.max_drop, "guard_images": GUARD_IMAGES,
+        "max_side": profile.detector.max_side, "exports": (ctx.upstream.get("export") or {}).get("outputs"),
+        "models": ctx.recipe.models.model_dump(mode="json"),
+    })
+    return ctx.run_dir / "cache" / "int8" / f"{model_name}-{key[:16]}"
+
+
+def _reuse_int8(ctx: StageContext, shared: Path, final: Path) -> dict[str, Any] | None:
+    """The cached guard report with its int8 model copied to ``final``, or None.  An entry
+    whose model does not match its recorded sha256 (a killed copy) is deleted, never used."""
+    from ..fsutil import sha256_file
+
+    onnx, meta = shared.with_suffix(".onnx"), shared.with_suffix(".json")
+    if not (onnx.exists() and meta.exists()):
+        return None
+    try:
+        entry = json.loads(meta.read_text())
+        valid = entry["sha256"] == sha256_file(onnx)
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        valid = False
+    if not valid:
+        ctx.log.warning("discarding unreadable int8 cache entry %s", shared)
+        onnx.unlink(missing_ok=True)
+        meta.unlink(missing_ok=True)
+        return None
+    shutil.copyfile(onnx, final)
+    return {**entry["report"], "reused": str(shared.relative_to(ctx.run_dir))}
+
+
+def _store_int8(shared: Path, model: Path, report: dict[str, Any]) -> None:
+    from ..fsutil import sha256_file
+    from . import atomic_write_bytes
+
+    shared.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(shared.with_suffix(".onnx"), model.read_bytes())
+    entry = {"sha256": sha256_file(model), "report": report}
+    atomic_write_bytes(shared.with_suffix(".json"), json.dumps(entry, indent=1, default=float).encode())
 
 
 def _calibration_cache(ctx: StageContext, model_name: str, fp32: Path, reader: Any,
@@ -394,7 +488,9 @@ def run_build(ctx: StageContext) -> StageResult:
             metrics[f"{m}_fp32_metric"] = r["fp32_metric"]
             metrics[f"{m}_int8_metric"] = r["final_metric"]
             metrics[f"{m}_int8_excluded"] = len(r["excluded"])
-        extra_meta_guard = {m: {k: r[k] for k in ("excluded", "met", "fp32_metric", "final_metric", "calibration")}
+            metrics[f"{m}_int8_reused"] = "reused" in r
+        extra_meta_guard = {m: {k: r[k] for k in ("excluded", "met", "fp32_metric", "final_metric", "calibration",
+                                                  "reused") if k in r}
                             for m, r in reports.items()}
     else:
         extra_meta_guard = {}

@@ -200,9 +200,10 @@ def prune_model(
 
     ``importance``: "l1" / "l2" (group magnitude, p=1/2), "taylor" (first-order, needs
     ``loss_fn(model)`` -> a scalar loss, or an iterable of per-batch losses, on real training
-    data: weight x gradient is meaningless without a real loss; see ``task_losses``), "lamp".  ``keep``: module-name prefixes (or fnmatch patterns such
-    as "*head*") whose outputs are never pruned; the output layers of heads / classifiers are
-    always kept.  ``round_to``: keep channel counts multiples of this (8 suits SIMD and TensorRT).
+    data: weight x gradient is meaningless without a real loss; see ``task_losses``), "lamp".
+    ``keep``: module-name prefixes (or fnmatch patterns such as "*head*") whose outputs are
+    never pruned; the output layers of heads / classifiers are always kept.  ``round_to``: kept
+    channel counts are rounded up to multiples of this (8 suits SIMD and TensorRT).
     ``iterative_steps`` > 1 prunes in several smaller steps (re-ranking in between, and
     re-computing the Taylor gradients).  Returns (the same model object, report) with
     params/MACs before and after (at ``example_input``'s size) and per-layer [in, out] channels.

@@ -175,7 +175,8 @@ def _keep_best(model: Any, work: Path, result: Any) -> int | None:
 
     The train stage hands on its best.pt, so the unpruned model the prune stage compares with
     was chosen the same way.  The val metric of a short fine-tune at a high lr swings by 1-2
-    points from one epoch to the next on 40 images (flagship: 0.924 at epoch 4, 0.903 at 6).
+    points from one epoch to the next on 40 images (a pruning-study run: 0.922 at epoch 4,
+    0.911 at 5, 0.919 at 6).
     """
     from ..training.checkpoint import load_checkpoint
 
@@ -193,7 +194,7 @@ def _renormalise(task: Any, model: Any, batch_size: int) -> tuple[dict[str, floa
     when the validation metric says they are better -> (the metric of the kept model, kept?).
 
     On the flagship's detector (30 %, before fine-tuning) re-estimation lifts hmean from 0.00 to
-    0.10 after L1 pruning and Taylor-pruned models reach 0.56-0.78; a barely trained network
+    0.10 after L1 pruning and Taylor-pruned models reach 0.76-0.89; a barely trained network
     can instead get near-zero variances that make its outputs fragile (fp16 parity failed on
     one), so the measurement decides; a tie keeps the old statistics.  Without a validation
     split the re-estimated ones are kept: fine-tuning in train mode replaces the running

@@ -204,3 +204,58 @@ def test_worker_augmentation_is_reproducible(tmp_path: Path) -> None:
         weights.append(task.model.state_dict())
     for key, value in weights[0].items():
         assert torch.equal(value, weights[1][key]), key
+
+
+# ---------------------------------------------------------------------------------------------
+# weight averaging
+
+
+def test_ema_averages_float_state_and_copies_counters() -> None:
+    from engine.training.ema import ModelEMA
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ema = ModelEMA(model, decay=0.9)
+    start = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model.train()(torch.randn(4, 2))  # moves the running stats and num_batches_tracked
+    ema.update(model)
+    d = 2 / 11  # first update: min(0.9, (1 + 1) / (10 + 1)), the ramp, not 0.9
+    assert ema.current_decay() == pytest.approx(d)
+    live = model.state_dict()
+    for name, avg in ema.model.state_dict().items():
+        if avg.dtype.is_floating_point:
+            assert torch.allclose(avg, d * start[name] + (1 - d) * live[name]), name
+        else:
+            assert torch.equal(avg, live[name]), name
+    ema.updates = 10_000
+    assert ema.current_decay() == 0.9
+    assert not any(p.requires_grad for p in ema.model.parameters())
+    with pytest.raises(ValueError, match="decay"):
+        ModelEMA(model, decay=1.0)
+
+
+def test_fit_with_ema_scores_and_saves_the_average_and_resumes_exactly(tmp_path: Path) -> None:
+    cfg = {"epochs": 4, "schedule": "constant", "ema_decay": 0.9}
+    torch.manual_seed(0)
+    task = toy.ToyTask()
+    whole = fit(task, _cfg(tmp_path / "whole", **cfg))
+    last = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")
+    assert last["ema"] == {"decay": 0.9, "updates": 24}
+    assert any(not torch.equal(last["model"][k], last["raw_model"][k]) for k in last["model"])
+    # the in-memory model ends as the average, and the average is what validation scored
+    assert all(torch.equal(v, last["model"][k]) for k, v in task.model.state_dict().items())
+    best = load_checkpoint(tmp_path / "whole" / "checkpoints" / "best.pt")
+    scored = toy.ToyTask()
+    scored.model.load_state_dict(best["model"])
+    with torch.no_grad():
+        assert scored.validate(scored.model.eval())["neg_mse"] == pytest.approx(whole.best_metric)
+
+    torch.manual_seed(0)
+    fit(toy.ToyTask(), _cfg(tmp_path / "split", **{**cfg, "epochs": 2}))
+    fit(toy.ToyTask(), _cfg(tmp_path / "split", **cfg))
+    resumed = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")
+    assert resumed["ema"] == last["ema"]
+    for key in ("model", "raw_model"):
+        assert all(torch.equal(resumed[key][k], last[key][k]) for k in last[key]), key

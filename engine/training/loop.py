@@ -22,6 +22,10 @@ Epochs are counted from 1; a checkpoint's ``epoch`` is the number of completed e
 position (the checkpointed schedule wins over the config) and RNG states come back; the shuffle
 order and the global RNGs are re-derived at the start of every epoch from (seed, epoch, rank), so
 epoch k of a resumed run sees the same batches and augmentations as the uninterrupted run.
+
+With ``ema_decay`` > 0 a moving average of the weights (ema.py) is what validation scores, what
+a checkpoint's ``model`` holds (so best.pt, export and init use it) and what ``task.model``
+ends with; the trained weights travel beside it as ``raw_model`` for resume.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import ddp
 from .checkpoint import FORMAT, CheckpointManager, init_from_checkpoint, unwrap
+from .ema import ModelEMA
 from .logs import RunLogger
 from .schedule import LRSchedule, build_optimizer, make_schedule
 from .seed import (
@@ -92,6 +97,7 @@ class TrainConfig:
     val_every: int = 1
     metric_mode: str | None = None  # "max"/"min"; None: the task's, else "max"
     resume: bool = True  # continue from run_dir/checkpoints when present
+    ema_decay: float = 0.0  # > 0: validate and save a moving average of the weights (ema.py)
     init: str | None = None  # fine-tuning: model weights from this checkpoint
     log_every: int = 20
     limit_train_batches: int | None = None
@@ -269,7 +275,8 @@ def _fit(
     best_epoch: int | None = None
     resumed_from: int | None = None
     if ckpt is not None:
-        unwrap(model).load_state_dict(ckpt["model"], strict=True)
+        # with EMA, "model" holds the averaged weights and "raw_model" the trained ones
+        unwrap(model).load_state_dict(ckpt.get("raw_model", ckpt["model"]), strict=True)
         optimizer.load_state_dict(ckpt["optimizer"])
         saved = LRSchedule.from_state_dict(ckpt["schedule"])
         if (saved.lr, saved.kind, saved.total_iters) != (
@@ -294,6 +301,9 @@ def _fit(
         logger.load_history(start_epoch)
         logger.info(f"resumed at epoch {start_epoch}, step {step}, lr {schedule.current_lr:.3e}")
     epochs = max(int(cfg.epochs), start_epoch)
+    ema = ModelEMA(unwrap(model), cfg.ema_decay) if cfg.ema_decay > 0 else None
+    if ema is not None and ckpt is not None and "ema" in ckpt:
+        ema.load(ckpt["model"], ckpt["ema"])
 
     train_model: nn.Module = model
     if ctx.is_distributed:
@@ -342,6 +352,8 @@ def _fit(
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(unwrap(model))
             schedule.advance()
             step += 1
             value = float(loss.detach())
@@ -375,7 +387,7 @@ def _fit(
         ):
             model.eval()
             with torch.no_grad():
-                metrics = dict(validate(model))
+                metrics = dict(validate(ema.model if ema is not None else model))
             model.train()
             row.update({f"val_{k}": v for k, v in metrics.items()})
         metric_value = metrics.get(metric) if metric else None
@@ -390,7 +402,7 @@ def _fit(
                 "format": FORMAT,
                 "epoch": epoch,
                 "step": step,
-                "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
+                "model": _cpu_state(ema.model if ema is not None else unwrap(model)),
                 "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(),
                 "scaler": scaler.state_dict(),
@@ -404,6 +416,8 @@ def _fit(
                 "meta": meta,
                 "world_size": ctx.world_size,
             }
+            if ema is not None:
+                payload.update(raw_model=_cpu_state(unwrap(model)), ema=ema.state_dict())
             # The CSV row first: a kill between the two leaves a row the resume truncates,
             # never a checkpoint whose epoch is missing from the history.
             logger.epoch_end(row)
@@ -412,6 +426,8 @@ def _fit(
                 on_epoch_end(row)
         ddp.barrier()
 
+    if ema is not None:  # what validation scored and the checkpoints hold as "model"
+        unwrap(model).load_state_dict(ema.model.state_dict())
     final_lr = schedule.lr_at(max(step - 1, 0))
     best_path = manager.best if manager.best.exists() else None
     if start_epoch >= epochs:
@@ -430,6 +446,10 @@ def _fit(
         history=list(logger.rows),
         resumed_from=resumed_from,
     )
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def result_from_checkpoints(run_dir: str | Path) -> FitResult:

@@ -170,3 +170,13 @@ def test_sensitivity_search(recognizer_fp32, tmp_path):
         assert not by_name[name].input[1].endswith("DequantizeLinear_Output")
     # the drop is what the metric says: excluding the top nodes never made it worse by much
     assert tight.final_metric >= tight.int8_metric - 1e-3
+    # a given baseline is what int8 is held to (the detector's guard: the fp32 pair's score),
+    # and the fp32 model is then not scored at all
+    scored: list[str] = []
+
+    def logged(path):
+        scored.append(str(path))
+        return agreement(path)
+
+    held = find_sensitive_nodes(recognizer_fp32, builder, logged, max_drop=10.0, budget=0, fp32_metric=20.0)
+    assert str(recognizer_fp32) not in scored and held.fp32_metric == 20.0 and not held.met

@@ -3,7 +3,8 @@ export, quantize, bundle, verify through the device runtime, ship (local transpo
 
 Small sizes keep it to a couple of minutes on 2 CPU cores; accuracy bars are off because a few
 training steps learn little — the point is that every stage really runs and hands real files
-to the next, and that a rerun does nothing.
+to the next, and that a rerun does nothing.  The models start from the shipped base weights,
+so boxes are really found and read, and accuracy comparisons (the int8 guard) compare something.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ name: tiny
 dataset:
   synthetic: {count: 6, val_count: 2, seed: 11, image_size: [320, 240]}
 models:
-  detector: {input_size: 320, train_size: 192, init: null}
-  recognizer: {sequence: conv, max_width: 160, init: null}
+  detector: {input_size: 320, train_size: 192, init: base}
+  recognizer: {sequence: conv, max_width: 160, init: base}
 train:
   epochs: 1
   detector: {batch_size: 4}
@@ -76,6 +77,37 @@ def test_int8_targets_of_one_run_share_the_calibration(finished):
         assert manifest["int8_guard"]["detector"]["calibration"]["method"] == "minmax"
 
 
+def test_int8_detector_guard_scores_the_int8_pair(finished):
+    """The detector's int8 guard reads its boxes with the guarded int8 recognizer and holds the
+    pair to the fp32 pair's end-to-end accuracy on val: what verify measures."""
+    from engine.compress.accuracy import end_to_end_accuracy
+    from engine.compress.latency import make_session
+    from engine.data.manifest import load_image_rgb
+    from engine.training.datasets import detection_records
+
+    bundle = finished.run_dir / "build" / "local-cpu" / "bundle"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    guard = manifest["int8_guard"]
+    assert guard["detector"]["read_by"] == "int8 recognizer" and "read_by" not in guard["recognizer"]
+    records = detection_records(finished.run_dir / "data" / "manifest.jsonl", "val")
+    images = [load_image_rgb(r.image) for r in records]
+    gts = [[ln.to_dict() for ln in r.lines] for r in records]
+    post = {k: v for k, v in manifest["postprocess"].items() if k != "min_text_score"}
+    rec = manifest["recognizer"]
+
+    def pair(precision: str) -> dict[str, float]:
+        models = bundle / "models" / precision
+        return end_to_end_accuracy(
+            make_session(models / "detector.onnx", 2), make_session(models / "recognizer.onnx", 2), images, gts,
+            manifest["charset"], max_side=manifest["detector"]["max_side"], height=rec["height"],
+            max_width=rec["max_width"], postprocess=post)
+
+    fp32, int8 = pair("fp32"), pair("int8")
+    assert fp32["hmean"] > 0 and int8["hmean"] > 0  # real boxes were cut and read
+    assert guard["detector"]["fp32_metric"] == pytest.approx(fp32["e2e_line_accuracy"])
+    assert guard["detector"]["final_metric"] == pytest.approx(int8["e2e_line_accuracy"])
+
+
 def test_local_release_is_installed_and_checked(finished):
     releases = finished.run_dir / "releases" / "local-cpu"
     current = releases / "current"
@@ -125,7 +157,7 @@ def test_epochs_zero_uses_init_as_it_is(tmp_path: Path) -> None:
     from engine.training.stage import base_weights
 
     recipe = tmp_path / "requantize.yaml"
-    recipe.write_text(RECIPE.replace("init: null", "init: base").replace("epochs: 1", "epochs: 0"))
+    recipe.write_text(RECIPE.replace("epochs: 1", "epochs: 0"))
     loaded = load_recipe(recipe, [f"workdir={tmp_path / 'runs'}", "verify.samples=1"])
     pipeline = Pipeline(loaded)
     report = pipeline.run(only=["evaluate"])
@@ -142,7 +174,7 @@ def test_epochs_zero_without_init_is_a_recipe_error(tmp_path: Path) -> None:
     from engine.config import ConfigError
 
     recipe = tmp_path / "bad.yaml"
-    recipe.write_text(RECIPE.replace("epochs: 1", "epochs: 0"))
+    recipe.write_text(RECIPE.replace("init: base", "init: null").replace("epochs: 1", "epochs: 0"))
     with pytest.raises(ConfigError, match=r"models\.detector\.init"):
         load_recipe(recipe)
 

@@ -508,6 +508,7 @@ def find_sensitive_nodes(
     budget: int = 8,
     ranking_inputs: CalibrationDataReader | Sequence[dict[str, np.ndarray]] | None = None,
     op_types: Sequence[str] = COMPUTE_OPS,
+    fp32_metric: float | None = None,
 ) -> SensitivityResult:
     """Exclusion list that brings the int8 metric within ``max_drop`` of fp32 (if possible).
 
@@ -517,11 +518,13 @@ def find_sensitive_nodes(
     ``eval_fn(model_path) -> float`` is the caller's metric, higher is better (hmean, word
     accuracy, or output agreement).  ``budget``: at most this many nodes kept in float (one
     re-quantization + evaluation each).  ``ranking_inputs``: real calibration inputs for the
-    activation-error ranking (weights-only ranking without them).
+    activation-error ranking (weights-only ranking without them).  ``fp32_metric``: the score
+    int8 is held to, when ``eval_fn(fp32_path)`` is not it (an eval_fn that scores a detector
+    with an int8 recognizer reading its boxes is held to the fp32 pair's score).
     """
     if budget < 0:
         raise QuantizationError(f"budget must be >= 0, got {budget}")
-    fp32_metric = float(eval_fn(fp32_path))
+    fp32_metric = float(eval_fn(fp32_path) if fp32_metric is None else fp32_metric)
     int8_path = Path(int8_path_builder(()))
     int8_metric = float(eval_fn(int8_path))
     history: list[dict[str, Any]] = [{"excluded": [], "metric": int8_metric,

@@ -256,14 +256,16 @@ def run_export(ctx: StageContext) -> StageResult:
 # ------------------------------------------------------------------------------- build
 
 
-def onnx_metric(ctx: StageContext, model_name: str, limit: int = GUARD_IMAGES) -> Any:
+def onnx_metric(ctx: StageContext, model_name: str, limit: int = GUARD_IMAGES,
+                recognizer: Path | None = None) -> Any:
     """eval_fn(model_path) -> the accuracy the int8 guard protects, through onnxruntime on val.
 
-    detector: end-to-end line accuracy with the fp32 recognizer export reading its boxes.  Not
-    hmean: a quantized detector that still finds every line can draw its boxes a little tighter,
-    and the crops lose characters (measured on the flagship: int8 detector -1.2 points hmean,
-    -3 points end to end).  recognizer: line accuracy on the ground-truth val crops.  Both use
-    up to ``limit`` val images (their crops for the recognizer); 0.5 point is 2 lines there.
+    detector: end-to-end line accuracy with ``recognizer`` (default: the fp32 export) reading
+    its boxes.  Not hmean: a quantized detector that still finds every line can draw its boxes a
+    little tighter, and the crops lose characters (measured on the flagship: int8 detector -1.2
+    points hmean, -3 points end to end).  recognizer: line accuracy on the ground-truth val
+    crops.  Both use up to ``limit`` val images (their crops for the recognizer); 0.5 point is
+    2 lines there.
     """
     from ..data.manifest import load_image_rgb
     from .accuracy import end_to_end_accuracy, read_crops
@@ -279,7 +281,7 @@ def onnx_metric(ctx: StageContext, model_name: str, limit: int = GUARD_IMAGES) -
         records = (_records(ctx, "val") or _records(ctx, "train"))[:limit]
         images = [load_image_rgb(r.image) for r in records]
         gts = [[ln.to_dict() for ln in r.lines] for r in records]
-        reader = make_session(ctx.upstream_artifact("export", "recognizer_onnx"), 2)
+        reader = make_session(recognizer or ctx.upstream_artifact("export", "recognizer_onnx"), 2)
         postprocess = {"thresh": pp.thresh, "box_thresh": pp.box_thresh,
                        "unclip_ratio": pp.unclip_ratio, "shrink_ratio": pp.shrink_ratio}
 
@@ -304,7 +306,10 @@ def _int8(ctx: StageContext, work: Path, reduce_range: bool) -> tuple[dict[str, 
 
     Accuracy guard: each model's int8 accuracy on val is compared with its fp32 export; when
     the drop exceeds `optimize.quantize.max_drop`, the most quantization-sensitive nodes are kept
-    in float (few at a time, re-measured each step) and recorded in the bundle manifest.
+    in float (few at a time, re-measured each step) and recorded in the bundle manifest.  The
+    recognizer goes first, on its crops; the detector is then scored end to end with that int8
+    recognizer reading its boxes, against the fp32 pair - what verify measures.  Each model
+    alone within 0.5 point could still lose 0.9 together (flagship, 40 val images).
     """
     from .quantize import (
         ImageCalibrationReader,
@@ -321,14 +326,15 @@ def _int8(ctx: StageContext, work: Path, reduce_range: bool) -> tuple[dict[str, 
     train_crops = [p for p, _ in _crop_paths(ctx, "train")]
     rec = ctx.recipe.models.recognizer
     settings = {m: cal.for_model(m) for m in ("detector", "recognizer")}
-    readers = {
-        "detector": ImageCalibrationReader.detector(
-            train_images, profile.detector.max_side, settings["detector"]["samples"]),
+    readers = {  # the recognizer first: the detector's guard reads with its int8 model
         "recognizer": ImageCalibrationReader.recognizer(  # batches of 8 crops: 4 crops per image
             train_crops, rec.height, rec.max_width, samples=settings["recognizer"]["samples"] * 4,
             batch_size=8),
+        "detector": ImageCalibrationReader.detector(
+            train_images, profile.detector.max_side, settings["detector"]["samples"]),
     }
-    paths, reports = {}, {}
+    paths: dict[str, Path] = {}
+    reports: dict[str, Any] = {}
     out_dir = work / "int8"
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -339,7 +345,8 @@ def _int8(ctx: StageContext, work: Path, reduce_range: bool) -> tuple[dict[str, 
         fp32 = Path(ctx.upstream_artifact("export", f"{model_name}_onnx"))
         cache = _calibration_cache(ctx, model_name, fp32, reader, settings[model_name])
         final = int8_path(model_name, ())
-        shared = _int8_cache(ctx, model_name, cache, reduce_range)
+        partner = paths.get("recognizer") if model_name == "detector" else None
+        shared = _int8_cache(ctx, model_name, cache, reduce_range, partner)
         if (reused := _reuse_int8(ctx, shared, final)) is not None:
             reports[model_name], paths[model_name] = reused, final
             continue
@@ -354,9 +361,10 @@ def _int8(ctx: StageContext, work: Path, reduce_range: bool) -> tuple[dict[str, 
                                 calibration_cache=cache)
             return out
 
+        baseline = onnx_metric(ctx, model_name)(fp32) if partner else None  # the fp32 pair
         try:
-            guard = find_sensitive_nodes(fp32, build, onnx_metric(ctx, model_name), q.max_drop,
-                                         budget=8, ranking_inputs=reader)
+            guard = find_sensitive_nodes(fp32, build, onnx_metric(ctx, model_name, recognizer=partner),
+                                         q.max_drop, budget=8, ranking_inputs=reader, fp32_metric=baseline)
         except QuantizationError as exc:
             raise StageFailed(f"int8 {model_name}: {exc}") from None
         chosen = int8_path(model_name, guard.excluded)
@@ -364,7 +372,8 @@ def _int8(ctx: StageContext, work: Path, reduce_range: bool) -> tuple[dict[str, 
             chosen.replace(final)
         for stale in out_dir.glob(f"{model_name}.x*.onnx"):
             stale.unlink()
-        reports[model_name] = {**guard.to_dict(), "calibration": settings[model_name]}
+        reports[model_name] = {**guard.to_dict(), "calibration": settings[model_name],
+                               **({"read_by": "int8 recognizer"} if partner else {})}
         if not guard.met:
             ctx.log.warning("int8 %s: drop still above max_drop after %d exclusions", model_name, len(guard.excluded))
         paths[model_name] = final
@@ -372,12 +381,15 @@ def _int8(ctx: StageContext, work: Path, reduce_range: bool) -> tuple[dict[str, 
     return paths, reports
 
 
-def _int8_cache(ctx: StageContext, model_name: str, calibration: Path, reduce_range: bool) -> Path:
+def _int8_cache(ctx: StageContext, model_name: str, calibration: Path, reduce_range: bool,
+                partner: Path | None = None) -> Path:
     """Where a guarded int8 model of this run is kept for the other targets that would build
     exactly the same one: same calibration entry, weight settings, exclusions and guard (val
-    data, input size, the exports it reads with, postprocessing).  The flagship's local-cpu and
-    rpi4 differ only in threads and transport; the guard's exclusion search takes ~1.5 min."""
+    data, input size, the exports it reads with and the int8 ``partner`` model, postprocessing).
+    The flagship's local-cpu and rpi4 differ only in threads and transport; the guard's
+    exclusion search takes ~1.5 min."""
     from ..config import stable_hash
+    from ..fsutil import sha256_file
 
     q = ctx.recipe.optimize.quantize
     profile = ctx.profile
@@ -387,6 +399,7 @@ def _int8_cache(ctx: StageContext, model_name: str, calibration: Path, reduce_ra
         "exclude": list(q.exclude), "max_drop": q.max_drop, "guard_images": GUARD_IMAGES,
         "max_side": profile.detector.max_side, "exports": (ctx.upstream.get("export") or {}).get("outputs"),
         "models": ctx.recipe.models.model_dump(mode="json"),
+        "partner": sha256_file(partner) if partner else None,
     })
     return ctx.run_dir / "cache" / "int8" / f"{model_name}-{key[:16]}"
 
@@ -491,7 +504,7 @@ def run_build(ctx: StageContext) -> StageResult:
             metrics[f"{m}_int8_excluded"] = len(r["excluded"])
             metrics[f"{m}_int8_reused"] = "reused" in r
         extra_meta_guard = {m: {k: r[k] for k in ("excluded", "met", "fp32_metric", "final_metric", "calibration",
-                                                  "reused") if k in r}
+                                                  "reused", "read_by") if k in r}
                             for m, r in reports.items()}
     else:
         extra_meta_guard = {}

@@ -224,6 +224,11 @@ class PruneSpec(Strict):
         0.0, ge=0, le=100,
         description="weight of the unpruned model's outputs as an extra fine-tuning target (distillation); 0: off",
     )
+    finetune_ema: float = Field(
+        0.0, ge=0, lt=1,
+        description="decay of a moving average of the fine-tuned weights, which is validated and kept "
+        "(e.g. 0.99); 0: off",
+    )
 
 
 class ExportSpec(Strict):
@@ -304,7 +309,9 @@ class VerifySpec(Strict):
     max_cer: float | None = Field(None, ge=0)
     max_latency_ms: float | None = Field(None, gt=0)
     max_drop: float = Field(0.005, ge=0, le=1, description="bundle vs fp32 torch accuracy drop")
-    samples: int | None = Field(None, ge=1, description="validation images used; null = all")
+    samples: int | None = Field(
+        None, ge=1, description="validation images used; null = all (bundles carry this many for verify "
+        "and the on-device check, 20 when null)")
 
 
 class Recipe(Strict):

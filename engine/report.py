@@ -76,7 +76,7 @@ def _diff(after: Any, before: Any) -> str:
 
 
 # what build's int8 guard measures per model (engine.compress.stage.onnx_metric)
-GUARD_METRICS = {"detector": "end-to-end line accuracy, fp32 recognizer", "recognizer": "line accuracy on crops"}
+GUARD_METRICS = {"detector": "end-to-end line accuracy, read by the {read_by}", "recognizer": "line accuracy on crops"}
 
 
 def _calibration(c: Any) -> str:
@@ -347,7 +347,8 @@ def _target_sections(run_dir: Path, target: str, metrics: dict[str, dict[str, An
     sec.text.append(f"Why {active}: {_why(active, measured, manifest, profile_precision)}")
     guard = manifest.get("int8_guard") or {}
     if guard:
-        rows = [[m, GUARD_METRICS.get(m, "accuracy"), _calibration(g.get("calibration")),
+        rows = [[m, GUARD_METRICS.get(m, "accuracy").format(read_by=g.get("read_by") or "fp32 recognizer"),
+                 _calibration(g.get("calibration")),
                  fmt(g.get("fp32_metric")), fmt(g.get("final_metric")), str(len(g.get("excluded") or [])),
                  ", ".join(g.get("excluded") or []) or "none", "yes" if g.get("met") else "NO"]
                 for m, g in guard.items()]

@@ -29,7 +29,7 @@ train:
   detector: {batch_size: 4}
   recognizer: {batch_size: 16}
 optimize:
-  prune: {amount: 0.25, finetune_epochs: 1}
+  prune: {amount: 0.25, finetune_epochs: 1, finetune_ema: 0.9}
   calibration: {samples: 4}
 targets: [local-cpu, rpi4, jetson-nano]
 verify:
@@ -65,6 +65,16 @@ def test_every_stage_ran_and_produced_artifacts(finished):
     # the metric right after pruning, with whichever BatchNorm statistics scored better
     assert 0 <= prune["detector_hmean_pruned"] <= 1 and isinstance(prune["detector_batchnorm_reestimated"], bool)
     assert 0 <= summary["metrics"]["evaluate"]["hmean"] <= 1
+    # finetune_ema: the fine-tune kept a moving average, and that average is the pruned model
+    import torch
+
+    from engine.compress.prune import load_pruned
+    from engine.training.checkpoint import load_checkpoint
+
+    last = load_checkpoint(finished.run_dir / "prune" / "detector" / "checkpoints" / "last.pt")
+    assert last["ema"]["updates"] > 0 and "raw_model" in last
+    pruned = load_pruned(finished.run_dir / "prune" / "detector.pruned.pt")[0].state_dict()
+    assert all(torch.equal(pruned[k], v) for k, v in last["model"].items())
 
 
 def test_int8_targets_of_one_run_share_the_calibration(finished):

@@ -87,7 +87,7 @@ def run_dir(tmp_path) -> Path:
         "precision": "int8", "runtime": "onnxruntime", "arch": "aarch64",
         "candidates": {"fp32": {}, "int8": {}},
         "int8_guard": {"detector": {"excluded": ["/head/Conv_3"], "met": True, "fp32_metric": 0.6,
-                                    "final_metric": 0.595},
+                                    "final_metric": 0.595, "read_by": "int8 recognizer"},
                        "recognizer": {"excluded": [], "met": True, "fp32_metric": 0.7, "final_metric": 0.7}},
         "verify": {"measured_on": "x86_64", "host_latency_is_device_latency": False, "candidates": {
             "fp32": {"hmean": 0.561, "e2e_line_accuracy": 0.31, "drop_vs_fp32": 0.0, "within_drop": True,
@@ -127,7 +127,7 @@ def test_html_is_self_contained_with_images_and_numbers(run_dir):
         assert f"data:image/png;base64,{b64}" in page
     assert "FAILED" in page  # the failed on-device check makes the run fail
     for number in ("0.925", "0.812", "0.97 M", "0.47 M", "1.63 G", "0.95 G", "0.72×", "114.6 ms",
-                   "132.2 ms", "/head/Conv_3", "13.18 MB", "1.33 MB", "842.7 ms"):
+                   "132.2 ms", "/head/Conv_3", "read by the int8 recognizer", "13.18 MB", "1.33 MB", "842.7 ms"):
         assert number in page, number
     assert "rolled back to 11aa" in page
     assert "no hosts in deploy.jetson-nano.hosts" in page

@@ -23,6 +23,7 @@ from ..stages import StageContext, StageFailed, StageResult
 
 N_SAMPLE_IMAGES = 3  # real validation images used for export parity and latency
 GUARD_IMAGES = 40  # val images the int8 accuracy guard measures on
+BUNDLE_VAL_IMAGES = 20  # val images a bundle carries when verify.samples is null
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -136,6 +137,7 @@ def run_prune(ctx: StageContext) -> StageResult:
             cfg.name = f"prune:{model_name}"
             if spec.finetune_lr is not None:  # a pruned net usually needs more than a fine-tune lr
                 cfg.lr = spec.finetune_lr
+            cfg.ema_decay = spec.finetune_ema
             task.model = pruned
             result = fit(Distilled(task, teacher, spec.distill) if teacher is not None else task, cfg)
             pruned = task.model.eval()
@@ -543,7 +545,7 @@ def run_build(ctx: StageContext) -> StageResult:
         threads=profile.threads, providers=profile.providers, runtime=profile.runtime,
         target=ctx.param, arch=profile.arch,
         recipe={"name": ctx.recipe.name, "hash": ctx.recipe.content_hash()},
-        val_records=_records(ctx, "val")[: ctx.recipe.verify.samples or 20],
+        val_records=_records(ctx, "val"), val_limit=ctx.recipe.verify.samples or BUNDLE_VAL_IMAGES,
         extra_files=extra_files, extra_meta={**extra_meta, "exclusions": list(q.exclude), "int8_guard": extra_meta_guard,
                     "built_on": platform.machine()},
     )

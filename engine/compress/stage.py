@@ -11,6 +11,7 @@ build   per target: the precisions the profile asks for (int8 calibrated on real
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import platform
 import shutil
@@ -81,7 +82,7 @@ def run_prune(ctx: StageContext) -> StageResult:
 
     from ..training.ddp import resolve_factory
     from ..training.loop import fit
-    from ..training.stage import ATTEMPT_FILE, attempt_of, start_attempt, task_spec, train_config
+    from ..training.stage import attempt_of, start_attempt, task_spec, train_config
     from ..training.tasks import model_from_checkpoint
     from .distill import Distilled
     from .export import export_onnx
@@ -113,10 +114,7 @@ def run_prune(ctx: StageContext) -> StageResult:
         # from: Taylor ranks come from gradients, so re-pruning is not guaranteed to give the
         # same channels (the resumed checkpoint would then not fit the model)
         start = work / "pruned.pt"
-        if not start.exists():  # no recorded starting model: no checkpoint of it can be resumed
-            (work / ATTEMPT_FILE).unlink(missing_ok=True)
-        if start_attempt(work, attempt_of(ctx)):
-            start.unlink(missing_ok=True)
+        start_attempt(work, attempt_of(ctx), needs=(start.name,))
         before_onnx = export_onnx(model, model_name, work / "before.onnx", samples, simplify=False)
         teacher = copy.deepcopy(model) if spec.distill and spec.finetune_epochs > 0 else None
         if start.exists():
@@ -429,12 +427,12 @@ def _reuse_int8(ctx: StageContext, shared: Path, final: Path) -> dict[str, Any] 
 
 
 def _store_int8(shared: Path, model: Path, report: dict[str, Any]) -> None:
-    from ..fsutil import sha256_file
     from . import atomic_write_bytes
 
     shared.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(shared.with_suffix(".onnx"), model.read_bytes())
-    entry = {"sha256": sha256_file(model), "report": report}
+    data = model.read_bytes()
+    atomic_write_bytes(shared.with_suffix(".onnx"), data)
+    entry = {"sha256": hashlib.sha256(data).hexdigest(), "report": report}
     atomic_write_bytes(shared.with_suffix(".json"), json.dumps(entry, indent=1, default=float).encode())
 
 

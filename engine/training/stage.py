@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,17 +101,21 @@ def attempt_of(ctx: StageContext, **extra: Any) -> dict[str, Any]:
     return {"key": ctx.key, "upstream": stable_hash(upstream), **extra}
 
 
-def start_attempt(run_dir: Path, attempt: dict[str, Any]) -> bool:
+def start_attempt(run_dir: Path, attempt: dict[str, Any], needs: Sequence[str] = ()) -> bool:
     """Keep ``run_dir``'s checkpoints and logs when they belong to ``attempt``; otherwise clear
-    them and record ``attempt`` (``attempt.json``).  True when the run starts fresh."""
+    them and record ``attempt`` (``attempt.json``).  True when the run starts fresh.
+
+    ``needs``: files in ``run_dir`` the checkpoints were trained from (the prune stage's
+    ``pruned.pt``): the attempt resumes only while they all exist, and a fresh start deletes
+    them with the checkpoints."""
     marker = run_dir / ATTEMPT_FILE
     try:
         previous = json.loads(marker.read_text()) if marker.exists() else None
     except (ValueError, UnicodeDecodeError):  # a torn marker proves nothing: start fresh
         previous = None
-    if previous == attempt:
+    if previous == attempt and all((run_dir / name).exists() for name in needs):
         return False
-    for child in ("checkpoints", "metrics.csv", "curves.png", "train.log"):
+    for child in ("checkpoints", "metrics.csv", "curves.png", "train.log", *needs):
         path = run_dir / child
         if path.is_dir():
             shutil.rmtree(path)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import platform
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -256,12 +257,11 @@ def run_export(ctx: StageContext) -> StageResult:
 # ------------------------------------------------------------------------------- build
 
 
-def onnx_metric(ctx: StageContext, model_name: str, limit: int = GUARD_IMAGES,
-                recognizer: Path | None = None) -> Any:
+def onnx_metric(ctx: StageContext, model_name: str, limit: int = GUARD_IMAGES) -> Any:
     """eval_fn(model_path) -> the accuracy the int8 guard protects, through onnxruntime on val.
 
-    detector: end-to-end line accuracy with ``recognizer`` (default: the fp32 export) reading
-    its boxes.  Not hmean: a quantized detector that still finds every line can draw its boxes a
+    detector: ``eval_fn(path, recognizer=None)``, end-to-end line accuracy with ``recognizer``
+    (default: the fp32 export) reading its boxes.  Not hmean: a quantized detector that still finds every line can draw its boxes a
     little tighter, and the crops lose characters (measured on the flagship: int8 detector -1.2
     points hmean, -3 points end to end).  recognizer: line accuracy on the ground-truth val
     crops.  Both use up to ``limit`` val images (their crops for the recognizer); 0.5 point is
@@ -281,12 +281,15 @@ def onnx_metric(ctx: StageContext, model_name: str, limit: int = GUARD_IMAGES,
         records = (_records(ctx, "val") or _records(ctx, "train"))[:limit]
         images = [load_image_rgb(r.image) for r in records]
         gts = [[ln.to_dict() for ln in r.lines] for r in records]
-        reader = make_session(recognizer or ctx.upstream_artifact("export", "recognizer_onnx"), 2)
+        readers: dict[str, Any] = {}
         postprocess = {"thresh": pp.thresh, "box_thresh": pp.box_thresh,
                        "unclip_ratio": pp.unclip_ratio, "shrink_ratio": pp.shrink_ratio}
 
-        def detector_fn(path: Any) -> float:
-            return end_to_end_accuracy(make_session(path, 2), reader, images, gts, charset,
+        def detector_fn(path: Any, recognizer: Path | None = None) -> float:
+            at = str(recognizer or ctx.upstream_artifact("export", "recognizer_onnx"))
+            if at not in readers:
+                readers[at] = make_session(at, 2)
+            return end_to_end_accuracy(make_session(path, 2), readers[at], images, gts, charset,
                                        max_side=profile.detector.max_side, height=rec.height,
                                        max_width=rec.max_width, postprocess=postprocess)["e2e_line_accuracy"]
 
@@ -361,9 +364,10 @@ def _int8(ctx: StageContext, work: Path, reduce_range: bool) -> tuple[dict[str, 
                                 calibration_cache=cache)
             return out
 
-        baseline = onnx_metric(ctx, model_name)(fp32) if partner else None  # the fp32 pair
+        metric = onnx_metric(ctx, model_name)
+        baseline = metric(fp32) if partner else None  # the fp32 pair
         try:
-            guard = find_sensitive_nodes(fp32, build, onnx_metric(ctx, model_name, recognizer=partner),
+            guard = find_sensitive_nodes(fp32, build, partial(metric, recognizer=partner) if partner else metric,
                                          q.max_drop, budget=8, ranking_inputs=reader, fp32_metric=baseline)
         except QuantizationError as exc:
             raise StageFailed(f"int8 {model_name}: {exc}") from None

@@ -170,6 +170,13 @@ def test_taylor_ranks_by_the_task_loss_over_several_batches(tmp_path):
     assert not torch.equal(first[0]["image"], next(task_batches(task, 2, seed=4))["image"])
     losses = list(task_losses(task, batches=2, batch_size=2)(task.model))
     assert len(losses) == 2 and all(loss.ndim == 0 and torch.isfinite(loss) for loss in losses)
+    # the gradients come from training-mode losses; the trained BatchNorm statistics stay
+    from engine.compress.prune import _taylor_gradients
+
+    stats = {k: v.clone() for k, v in task.model.named_buffers()}
+    _taylor_gradients(task.model, task_losses(task, 2, 2))
+    assert all(torch.equal(v, stats[k]) for k, v in task.model.named_buffers())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in task.model.parameters())
     x = torch.from_numpy(detector_input(_rgb(PHOTOS[0]), 64)[0])
     model, report = prune_model(task.model, x, 0.3, "taylor", loss_fn=task_losses(task, 2, 2))
     assert report["macs_after"] < 0.8 * report["macs_before"]

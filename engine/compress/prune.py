@@ -263,15 +263,7 @@ def prune_model(
     for _ in range(iterative_steps):
         if importance == "taylor":
             assert loss_fn is not None
-            model.zero_grad(set_to_none=True)
-            losses = loss_fn(model)
-            for loss in [losses] if isinstance(losses, torch.Tensor) else losses:
-                loss.backward()  # one batch at a time: gradients add up, graphs do not
-            # layers the loss does not reach (DBNet's threshold branch under an eval-mode
-            # loss) get zero gradients: Taylor importance then ranks them by the others.
-            for p in model.parameters():
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
+            _taylor_gradients(model, loss_fn)
         pruner.step()
     model.zero_grad(set_to_none=True)
     model.eval()
@@ -284,6 +276,24 @@ def prune_model(
     )
     model.train(was_training)
     return model, report
+
+
+def _taylor_gradients(model: nn.Module, loss_fn: Callable[[nn.Module], Any]) -> None:
+    """Leave in every parameter's ``.grad`` the gradient of ``loss_fn(model)`` (a loss, or an
+    iterable of per-batch losses back-propagated one at a time: gradients add up, graphs do
+    not).  Layers the loss does not reach (DBNet's threshold branch under an eval-mode loss)
+    get zero gradients: Taylor importance then ranks them by the others.  The BatchNorm
+    running statistics the trained model came with are kept: a training-mode loss would
+    otherwise fold these batches into them."""
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    model.zero_grad(set_to_none=True)
+    losses = loss_fn(model)
+    for loss in [losses] if isinstance(losses, torch.Tensor) else losses:
+        loss.backward()
+    model.load_state_dict(buffers, strict=False)
+    for p in model.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
 
 
 def task_batches(task: Any, batch_size: int = 8, seed: int = 0) -> Iterator[dict[str, Any]]:

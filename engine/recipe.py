@@ -214,6 +214,9 @@ class PruneSpec(Strict):
     importance: Literal["l1", "l2", "taylor", "lamp"] = Field(
         "taylor", description="channel ranking: taylor (weight x gradient of the training loss on "
         "real batches; best measured), l1/l2 (weight magnitude), lamp")
+    allocation: Literal["uniform", "sensitivity"] = Field(
+        "uniform", description="uniform: `amount` of every layer's channels; sensitivity: the same "
+        "MACs removed, more from layers where the Taylor estimate of the loss per MAC saved is low")
     models: list[Literal["detector", "recognizer"]] = ["detector"]
     keep: list[str] = Field(["head"], description="module name prefixes never pruned")
     finetune_epochs: int = Field(5, ge=0, le=10_000)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import re
 import time
 from collections.abc import Sequence
@@ -322,10 +323,30 @@ def _training_sections(run_dir: Path, names: list[str], metrics: dict[str, dict[
                              _diff(p.get(f"{metric}_after"), p.get(f"{metric}_before"))])
         sec.tables.append(Table(["model", "measure", "before", "after", "change"], rows,
                                 "latency: median of onnxruntime runs, 2 threads, on this machine"))
+        sec.tables += _channel_tables(run_dir)
         for png in sorted((run_dir / "prune").glob("*/curves.png")):
             sec.images.append((f"{png.parent.name} fine-tuning after pruning ({png.relative_to(run_dir)})", png))
         out.append(sec)
     return out
+
+
+def _channel_tables(run_dir: Path) -> list[Table]:
+    """Per model, the layers whose output channels were pruned (``prune/<model>.channels.json``):
+    with ``allocation: sensitivity`` this is where the MACs were taken from."""
+    tables = []
+    for path in sorted((run_dir / "prune").glob("*.channels.json")):
+        try:
+            plan = json.loads(path.read_text(encoding="utf-8"))
+            changed = [(name, c["before"][1], c["after"][1]) for name, c in plan["channels"].items()
+                       if c["after"][1] != c["before"][1]]
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+            continue  # an unreadable plan loses this table, not the report
+        rows = [[name, str(b), str(a), f"{a / b:.0%}"] for name, b, a in changed]
+        model = path.name.split(".")[0]
+        tables.append(Table(["layer", "channels before", "after", "kept"], rows,
+                            f"{model}: {plan.get('importance')} ranking, {plan.get('allocation')} allocation, "
+                            f"{len(changed)} layers pruned ({path.relative_to(run_dir)})"))
+    return tables
 
 
 def _target_sections(run_dir: Path, target: str, metrics: dict[str, dict[str, Any]],

@@ -198,3 +198,58 @@ def test_prune_stage_keeps_old_batchnorm_statistics_unless_they_score_worse(tmp_
     assert acc["hmean"] == 0 and reestimated is False
     for key, value in task.model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_mac_model_counts_what_torch_pruning_counts():
+    """Conv (dense and depthwise), Linear and LSTM MACs without biases, as torch-pruning counts."""
+    from engine.compress.prune import _MacModel, _output_positions, count_macs_params
+
+    convs = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1, bias=False),
+        torch.nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False),
+        torch.nn.Conv2d(16, 8, 1, bias=False), torch.nn.Flatten(), torch.nn.Linear(8 * 10 * 12, 5, bias=False))
+    x = torch.rand(1, 3, 10, 12)
+    macs = _MacModel(_output_positions(convs, x))
+    assert macs.total() == count_macs_params(convs, x)[0]
+    # one channel between the first two convs: 3x9 per position in the first, 9 in the depthwise,
+    # and 8 per position in the 1x1 that reads it
+    first, depthwise, pointwise = convs[0], convs[1], convs[2]
+    sides = [(first, 1), (depthwise, 1), (pointwise, 0)]
+    assert macs.saving(sides, 1) == (27 + 9 + 8) * 120
+    macs.remove(sides, 4)
+    assert macs.dims[depthwise] == [12, 12] and macs.dims[pointwise] == [12, 8]
+
+
+def test_sensitivity_allocation_removes_uniform_macs_where_the_loss_is_cheapest(tmp_path):
+    """On the shipped trained detector: the same MACs as uniform pruning within one block, spread
+    unevenly (capped at twice ``amount``), and the planned MACs are the pruned model's."""
+    import copy
+
+    from test_training_tasks import _manifest
+
+    from engine.compress.prune import _MacModel, _output_positions
+    from engine.training.stage import BASE_WEIGHTS_DIR
+    from engine.training.tasks import DetectorTask, model_from_checkpoint
+
+    base, _ = model_from_checkpoint(BASE_WEIGHTS_DIR / "detector_dbnet_mobilenetv3.pt")
+    task = DetectorTask(_manifest(tmp_path), backbone="mobilenetv3", train_size=64, input_size=128)
+    x = torch.from_numpy(detector_input(_rgb(PHOTOS[0]), 160)[0])
+    before = {n: m.out_channels for n, m in base.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    _, uniform = prune_model(copy.deepcopy(base), x, 0.3, "taylor", loss_fn=task_losses(task, 2, 2))
+    model, report = prune_model(copy.deepcopy(base), x, 0.3, "taylor", loss_fn=task_losses(task, 2, 2),
+                                allocation="sensitivity")
+    plan = report["sensitivity"]
+    assert report["allocation"] == "sensitivity"
+    # the plan is exact: it is what the pruned model computes (torch-pruning adds biases and norms)
+    assert plan["macs_planned"] == _MacModel(_output_positions(model.eval(), x)).total()
+    assert abs(report["macs_after"] - uniform["macs_after"]) < 0.04 * report["macs_before"]
+    ratios = sorted(plan["group_ratios"].values())
+    assert ratios[0] == 0.0 and 0.3 < ratios[-1] <= 0.6  # uneven, never past twice `amount`
+    after = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert all(after[n] % 8 == 0 for n in before if after[n] < before[n])
+    exported = export_onnx(model.eval(), "detector", tmp_path / "d.onnx", [x.numpy()], simplify=False)
+    assert max(exported["max_abs_diff"]) < 1e-3
+    with pytest.raises(PruneError, match="loss_fn"):
+        prune_model(copy.deepcopy(base), x, 0.3, allocation="sensitivity")
+    with pytest.raises(PruneError, match="known: uniform, sensitivity"):
+        prune_model(copy.deepcopy(base), x, 0.3, allocation="global")

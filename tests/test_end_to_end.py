@@ -29,7 +29,7 @@ train:
   detector: {batch_size: 4}
   recognizer: {batch_size: 16}
 optimize:
-  prune: {amount: 0.25, finetune_epochs: 1, finetune_ema: 0.9}
+  prune: {amount: 0.25, allocation: sensitivity, finetune_epochs: 1, finetune_ema: 0.9}
   calibration: {samples: 4}
 targets: [local-cpu, rpi4, jetson-nano]
 verify:
@@ -65,6 +65,10 @@ def test_every_stage_ran_and_produced_artifacts(finished):
     # the metric right after pruning, with whichever BatchNorm statistics scored better
     assert 0 <= prune["detector_hmean_pruned"] <= 1 and isinstance(prune["detector_batchnorm_reestimated"], bool)
     assert 0 <= summary["metrics"]["evaluate"]["hmean"] <= 1
+    # allocation: sensitivity - which layers lost what is recorded, and the report shows it
+    plan = json.loads((finished.run_dir / "prune" / "detector.channels.json").read_text())
+    assert plan["allocation"] == "sensitivity" and plan["channels"]
+    assert "sensitivity allocation" in (finished.run_dir / "report.md").read_text()
     # finetune_ema: the fine-tune kept a moving average, and that average is the pruned model
     import torch
 

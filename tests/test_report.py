@@ -74,6 +74,12 @@ def run_dir(tmp_path) -> Path:
                            "detector_macs_before": 1_630_000_000, "detector_macs_after": 950_000_000,
                            "detector_latency_ms_before": 36.5, "detector_latency_ms_after": 26.3,
                            "detector_hmean_before": 0.925, "detector_hmean_after": 0.595})
+    _json(run / "prune" / "detector.channels.json", {
+        "amount": 0.3, "importance": "taylor", "allocation": "sensitivity", "round_to": 8, "keep": [],
+        "channels": {"neck.lateral.0": {"before": [16, 96], "after": [16, 40]},
+                     "neck.smooth.0": {"before": [96, 24], "after": [40, 16]},
+                     "backbone.stem.0": {"before": [3, 16], "after": [3, 16]}}})
+    _json(run / "prune" / "recognizer.channels.json", {"channels": "not a table"})  # skipped, not fatal
     _result(run, "export", {"detector_bytes": 2_144_356})
     _result(run, "build:rpi4", {"candidates": ["fp32", "int8"], "active": "int8", "reduce_range": False})
     _result(run, "verify:rpi4", {"active": "int8", "int8_latency_p50_ms": 114.6, "int8_hmean": 0.553})
@@ -143,6 +149,9 @@ def test_markdown_has_the_tables(run_dir):
     assert "| check:rpi4 | failed | — | check rpi4: pi@plate-02: below the bar |" in md
     assert "| ship:jetson-nano | skipped | — | no hosts in deploy.jetson-nano.hosts |" in md
     assert "| detector | params | 0.97 M | 0.47 M | 0.48× |" in md
+    # the layers the allocation took channels from (the unpruned stem is not listed)
+    assert "| neck.lateral.0 | 96 | 40 | 42% |" in md and "| neck.smooth.0 | 24 | 16 | 67% |" in md
+    assert "backbone.stem.0" not in md and "taylor ranking, sensitivity allocation, 2 layers pruned" in md
     assert "| ✓ int8 | 0.553 | 0.308 | +0.002 | yes | 114.6 ms | 120.0 ms | 126 MB |" in md
     assert "| pi@plate-01 | 2987eab635c1 | — | 13.18 MB | 2.50 s | ok |" in md
     # numbers right-aligned, text left-aligned

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import heapq
 import io
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -50,6 +51,7 @@ from torch import nn
 from . import atomic_write_bytes
 
 __all__ = [
+    "ALLOCATIONS",
     "DEFAULT_KEEP",
     "IMPORTANCES",
     "PRUNED_FORMAT",
@@ -67,6 +69,8 @@ __all__ = [
 #: module-name prefixes never pruned on their outputs: DB head branches and the CRNN classifier.
 DEFAULT_KEEP: tuple[str, ...] = ("prob_head", "thresh_head", "classifier")
 IMPORTANCES = ("l1", "l2", "taylor", "lamp")
+#: how ``amount`` is spread over the layer groups (see ``prune_model``).
+ALLOCATIONS = ("uniform", "sensitivity")
 PRUNED_FORMAT = "engine.pruned/1"
 
 # Attributes that define a layer's shape; everything else about a layer is unchanged by pruning.
@@ -145,6 +149,191 @@ def _importance(name: str) -> tp.importance.Importance:
     raise PruneError(f"unknown pruning importance {name!r}; known: {', '.join(IMPORTANCES)}")
 
 
+def _output_positions(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, int]:
+    """{layer: output positions (batch x spatial, or batch x steps)} of every Conv / Linear /
+    LSTM the *eval* graph runs at ``example``'s size.  Layers only training runs (DBNet's
+    threshold branch) are absent: they cost nothing at inference."""
+    seen: dict[nn.Module, int] = {}
+
+    def record(m: nn.Module, _inputs: Any, out: Any) -> None:
+        t = out[0] if isinstance(out, tuple) else out
+        channels = t.shape[1] if isinstance(m, nn.modules.conv._ConvNd) else t.shape[-1]
+        seen[m] = int(t.numel() // max(int(channels), 1))
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, _LAYER_TYPES)]
+    was = model.training
+    try:
+        with torch.no_grad():
+            _eval_forward(model.eval(), example)
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _is_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups == m.in_channels == m.out_channels
+
+
+def _layer_macs(m: nn.Module, n_in: int, n_out: int, positions: int) -> int:
+    """MACs of layer ``m`` with ``n_in`` input and ``n_out`` output channels (hidden units for an
+    LSTM) at ``positions`` output positions."""
+    if isinstance(m, nn.modules.conv._ConvNd):
+        k = int(torch.tensor(m.kernel_size).prod())
+        per_group_in = 1 if _is_depthwise(m) else n_in // m.groups
+        return n_out * per_group_in * k * positions
+    if isinstance(m, nn.Linear):
+        return n_in * n_out * positions
+    if isinstance(m, nn.LSTM):  # per direction and step: 4 gates x hidden x (input + hidden)
+        return (2 if m.bidirectional else 1) * 4 * n_out * (n_in + n_out) * positions
+    return 0
+
+
+class _MacModel:
+    """The inference MACs of a model's Conv / Linear / LSTM layers as channel groups shrink.
+
+    Exact for those layers (what torch-pruning's counter counts, less biases, BatchNorm and
+    activations).  A layer's MACs are bilinear in its input and output channels, so what one
+    group's channels save depends on how much the groups on its other side have already lost.
+    """
+
+    def __init__(self, positions: dict[nn.Module, int]):
+        self.positions = positions
+        self.dims = {m: [_in_width(m), _out_width(m)] for m in positions}
+
+    def _macs(self, m: nn.Module, n_in: int, n_out: int) -> int:
+        return _layer_macs(m, n_in, n_out, self.positions[m])
+
+    def total(self) -> int:
+        return sum(self._macs(m, i, o) for m, (i, o) in self.dims.items())
+
+    def saving(self, sides: list[tuple[nn.Module, int]], size: int) -> int:
+        """MACs saved by removing ``size`` channels on ``sides`` ((layer, 0=in / 1=out))."""
+        saved = 0
+        for m, side in sides:
+            dims = self.dims[m]
+            shrunk = list(dims)
+            shrunk[side] -= size
+            if _is_depthwise(m):
+                shrunk = [shrunk[side], shrunk[side]]
+            saved += self._macs(m, dims[0], dims[1]) - self._macs(m, shrunk[0], shrunk[1])
+        return saved
+
+    def remove(self, sides: list[tuple[nn.Module, int]], size: int) -> None:
+        for m, side in sides:
+            self.dims[m][side] -= size
+            if _is_depthwise(m):
+                self.dims[m][1 - side] = self.dims[m][side]
+
+
+def _in_width(m: nn.Module) -> int:
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return int(m.in_channels)
+    return int(m.in_features if isinstance(m, nn.Linear) else m.input_size)  # type: ignore[arg-type]
+
+
+def _out_width(m: nn.Module) -> int:
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return int(m.out_channels)
+    return int(m.out_features if isinstance(m, nn.Linear) else m.hidden_size)  # type: ignore[arg-type]
+
+
+def _kept_uniform(n: int, amount: float, round_to: int) -> int:
+    """Channels a group of ``n`` keeps under uniform pruning (``_AtMostPruner``'s rounding)."""
+    kept = int(n * (1.0 - amount))
+    return min(n, -(-kept // round_to) * round_to)
+
+
+def _sensitivity_ratios(pruner: tp.pruner.BasePruner, model: nn.Module, example: torch.Tensor,
+                        amount: float, round_to: int) -> tuple[dict[nn.Module, float], dict[str, Any]]:
+    """Per-group pruning ratios that remove the MACs uniform pruning at ``amount`` would remove,
+    taking channels where they cost the least training loss per MAC saved.
+
+    A channel's loss is its first-order Taylor estimate of the loss increase, |sum w x dL/dw|
+    summed over every coupled layer (Molchanov et al. 2019: comparable across layers, unlike
+    the per-layer normalised ranks used within a layer); what it saves is the inference MACs
+    of every layer it feeds or is fed by (``_MacModel``, at ``example``'s size).  Channels go
+    greedily in blocks that keep each group's count a multiple of ``round_to``, cheapest loss
+    per MAC first (a block's saving is re-counted when it comes up, as the groups around it
+    shrink), until the MACs saved come closest to uniform pruning's; no group loses more than
+    twice ``amount`` (at most 90 %): first-order estimates do not hold for a layer stripped
+    bare.  The gradients must be in place (``prune_model`` computes them).
+    """
+    dg = pruner.DG
+    positions = _output_positions(model, example)
+    macs = _MacModel(positions)
+    taylor = tp.importance.GroupTaylorImportance(group_reduction="sum", normalizer=None)
+    names = {m: n for n, m in model.named_modules()}
+    cap = min(0.9, 2.0 * amount)
+    groups: list[tuple[nn.Module, int, list[tuple[nn.Module, int]], list[float]]] = []
+    # (root, channels, [(layer, side)], ascending channel losses)
+    skipped: list[nn.Module] = []
+    for group in dg.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                   root_module_types=pruner.root_module_types):
+        root = group[0].dep.target.module
+        n = int(dg.get_out_channels(root))
+        sides: set[tuple[nn.Module, int]] = set()
+        for dep, _ in group:
+            m = dep.target.module
+            if m not in macs.positions:  # not in the inference graph: costs nothing there
+                continue
+            if dg.is_out_channel_pruning_fn(dep.handler):
+                sides.add((m, 1))
+            elif dg.is_in_channel_pruning_fn(dep.handler):
+                sides.add((m, 0))
+        if any(_is_depthwise(m) for m, _ in sides):  # one channel is one in and one out
+            sides = {(m, 1) if _is_depthwise(m) else (m, side) for m, side in sides}
+        scores = taylor(group)
+        if scores is None or len(scores) != n:  # grouped channels: left as they are
+            skipped.append(root)
+            continue
+        groups.append((root, n, sorted(sides, key=lambda ms: names.get(ms[0], "")),
+                       scores.detach().double().sort().values.tolist()))
+
+    before = macs.total()
+    uniform = _MacModel(positions)
+    for _, n, coupled, _ in groups:
+        uniform.remove(coupled, n - _kept_uniform(n, amount, round_to))
+    target = before - uniform.total()
+    pruned = [0] * len(groups)
+
+    def next_block(i: int) -> tuple[float, int, int] | None:
+        _, n, sides, scores = groups[i]
+        size = (n - pruned[i]) % round_to or round_to
+        if pruned[i] + size > cap * n or n - pruned[i] - size < 1:
+            return None
+        saving = macs.saving(sides, size)
+        if saving <= 0:
+            return None
+        return sum(scores[pruned[i]: pruned[i] + size]) / saving, i, size
+
+    heap = [b for i in range(len(groups)) if (b := next_block(i)) is not None]
+    heapq.heapify(heap)
+    saved = 0
+    while heap and saved < target:
+        key, i, size = heapq.heappop(heap)
+        fresh = next_block(i)  # its neighbours may have shrunk since it was queued
+        if fresh is None:
+            continue
+        if heap and fresh[0] > key and fresh[0] > heap[0][0]:
+            heapq.heappush(heap, fresh)
+            continue
+        gain = macs.saving(groups[i][2], size)
+        if saved + gain - target > target - saved:  # overshoots more than it closes: next one
+            continue
+        saved += gain
+        macs.remove(groups[i][2], size)
+        pruned[i] += size
+        if (b := next_block(i)) is not None:
+            heapq.heappush(heap, b)
+    ratios = {root: p / n for (root, n, _, _), p in zip(groups, pruned, strict=True)}
+    ratios.update({root: 0.0 for root in skipped})
+    info = {"macs_before": before, "macs_target": before - target, "macs_planned": before - saved,
+            "group_ratios": {names.get(root, "?"): round(r, 3) for root, r in ratios.items()}}
+    return ratios, info
+
+
 def _trace_forward(model: nn.Module, example: torch.Tensor) -> Any:
     """Forward with the top-level module in training mode but every submodule as it is (eval),
     so DBNet returns its threshold branch too (see the module docstring)."""
@@ -195,6 +384,7 @@ def prune_model(
     loss_fn: Callable[[nn.Module], torch.Tensor | Iterable[torch.Tensor]] | None = None,
     iterative_steps: int = 1,
     global_pruning: bool = False,
+    allocation: str = "uniform",
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Remove ``amount`` (0..1) of the channels of every prunable layer group, in place.
 
@@ -205,9 +395,13 @@ def prune_model(
     never pruned; the output layers of heads / classifiers are always kept.  ``round_to``: kept
     channel counts are rounded up to multiples of this (8 suits SIMD and TensorRT).
     ``iterative_steps`` > 1 prunes in several smaller steps (re-ranking in between, and
-    re-computing the Taylor gradients).  Returns (the same model object, report) with
-    params/MACs before and after (at ``example_input``'s size) and per-layer [in, out] channels.
-    The model comes back in the train/eval mode it came in.
+    re-computing the Taylor gradients).  ``allocation``: "uniform" removes ``amount`` of every
+    group's channels; "sensitivity" removes the same MACs, but more where the Taylor estimate of
+    the loss per MAC saved is low and less where it is high (``_sensitivity_ratios``; needs
+    ``loss_fn``, one step; ``importance`` still ranks channels within each group).
+    Returns (the same model object, report) with params/MACs before and after (at
+    ``example_input``'s size) and per-layer [in, out] channels.  The model comes back in the
+    train/eval mode it came in.
     """
     if not 0.0 <= amount < 1.0:
         raise PruneError(f"pruning amount must be in [0, 1), got {amount}")
@@ -217,6 +411,11 @@ def prune_model(
         raise PruneError("importance='taylor' needs loss_fn(model) -> loss on real training data")
     if iterative_steps < 1:
         raise PruneError(f"iterative_steps must be >= 1, got {iterative_steps}")
+    if allocation not in ALLOCATIONS:
+        raise PruneError(f"unknown pruning allocation {allocation!r}; known: {', '.join(ALLOCATIONS)}")
+    if allocation == "sensitivity" and (loss_fn is None or iterative_steps != 1 or global_pruning):
+        raise PruneError("allocation='sensitivity' needs loss_fn(model) -> loss on real training "
+                         "data, one step and no global_pruning")
     was_training = model.training
     model.eval()
     example_input = example_input.detach()
@@ -227,6 +426,7 @@ def prune_model(
         "amount": float(amount),
         "importance": importance,
         "round_to": round_to,
+        "allocation": allocation,
         "keep": list(keep),
         # entries that matched nothing (a typo, or DEFAULT_KEEP's other model's names)
         "keep_unmatched": [k for k in keep if not any(_matches(n, [k]) for n in names)],
@@ -249,21 +449,29 @@ def prune_model(
         out = _trace_forward(model, example_input)
     forward_fn = _trace_forward if isinstance(out, dict) else _eval_forward
 
-    pruner = _AtMostPruner(
-        model,
-        example_input,
-        importance=_importance(importance),
-        pruning_ratio=float(amount),
-        iterative_steps=iterative_steps,
-        ignored_layers=ignored,
-        round_to=round_to,
-        global_pruning=global_pruning,
-        forward_fn=forward_fn,
-    )
+    def make_pruner(ratios: dict[nn.Module, float] | None = None) -> _AtMostPruner:
+        return _AtMostPruner(
+            model,
+            example_input,
+            importance=_importance(importance),
+            pruning_ratio=float(amount),
+            pruning_ratio_dict=ratios,
+            iterative_steps=iterative_steps,
+            ignored_layers=ignored,
+            round_to=round_to,
+            global_pruning=global_pruning,
+            forward_fn=forward_fn,
+        )
+
+    pruner = make_pruner()
     for _ in range(iterative_steps):
-        if importance == "taylor":
+        if importance == "taylor" or allocation == "sensitivity":
             assert loss_fn is not None
             _taylor_gradients(model, loss_fn)
+        if allocation == "sensitivity":
+            ratios, report["sensitivity"] = _sensitivity_ratios(pruner, model, example_input,
+                                                                amount, round_to or 1)
+            pruner = make_pruner(ratios)
         pruner.step()
     model.zero_grad(set_to_none=True)
     model.eval()

@@ -85,6 +85,7 @@ def run_prune(ctx: StageContext) -> StageResult:
     from ..training.loop import fit
     from ..training.stage import attempt_of, start_attempt, task_spec, train_config
     from ..training.tasks import model_from_checkpoint
+    from . import atomic_write_bytes
     from .distill import Distilled
     from .export import export_onnx
     from .latency import compare_latency
@@ -123,9 +124,10 @@ def run_prune(ctx: StageContext) -> StageResult:
             report, pruned_acc, renormalised = started["report"], started["pruned_acc"], started["renormalised"]
         else:
             batch_size = int(ctx.recipe.train.for_model(model_name)["batch_size"])
-            losses = task_losses(task, batch_size=batch_size) if spec.importance == "taylor" else None
+            needs_loss = spec.importance == "taylor" or spec.allocation == "sensitivity"
+            losses = task_losses(task, batch_size=batch_size) if needs_loss else None
             pruned, report = prune_model(model, example, spec.amount, spec.importance,
-                                         keep=_keep(keep), loss_fn=losses)
+                                         keep=_keep(keep), loss_fn=losses, allocation=spec.allocation)
             pruned_acc, renormalised = _renormalise(task, pruned, batch_size)
             pruned_acc = {k: float(v) for k, v in pruned_acc.items()}  # plain data: weights_only
             save_pruned(start, pruned, build, extra={"report": report, "pruned_acc": pruned_acc,
@@ -163,9 +165,13 @@ def run_prune(ctx: StageContext) -> StageResult:
         }
         out = ctx.out_dir / f"{model_name}.pruned.pt"
         save_pruned(out, pruned, build, extra={"meta": meta, "metrics": m})
+        # which layers lost how many channels (the report's table): the allocation's outcome
+        layers = ctx.out_dir / f"{model_name}.channels.json"
+        atomic_write_bytes(layers, json.dumps({k: report.get(k) for k in (
+            "amount", "importance", "allocation", "round_to", "keep", "channels")}, indent=1).encode())
         for tmp in ("before.onnx", "after.onnx"):
             (work / tmp).unlink(missing_ok=True)
-        outputs.append(out)
+        outputs += [out, layers]
         metrics.update({f"{model_name}_{k}": v for k, v in m.items()})
         artifacts[f"{model_name}_pruned"] = str(out)
     return StageResult(outputs=outputs, metrics=metrics, artifacts=artifacts)

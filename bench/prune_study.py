@@ -13,12 +13,15 @@ on 2N generated plates from a seed no training set used (``fresh_*`` columns), b
 images swing ~1.5 points between two fine-tunes of the same recipe.  Rows:
 
     unpruned   the trained detector itself (the reference)
+    run        the run's own pruned, fine-tuned detector (prune/detector.pruned.pt), scored only
     oneshot    prune once, fine-tune
     bn         prune once, re-estimate BatchNorm, fine-tune
     iterN      N rounds of (prune amount/N of the original channels, re-estimate BN,
                fine-tune epochs/N)
     l1 / l2 / lamp / taylor   importance criterion with BN re-estimation (use --epochs 0 to
                compare the criteria before any fine-tuning)
+    sensitivity  Taylor, the same MACs removed but spread by loss per MAC saved
+               (``prune_model(allocation="sensitivity")``), BN re-estimated
 
 Writes bench/results/prune_study.json (one row per variant, appended as each finishes).
 """
@@ -28,7 +31,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -44,9 +46,10 @@ from engine.compress import atomic_write_bytes  # noqa: E402
 from engine.compress.accuracy import end_to_end_accuracy  # noqa: E402
 from engine.compress.distill import Distilled  # noqa: E402
 from engine.compress.export import export_onnx  # noqa: E402
-from engine.compress.latency import make_session  # noqa: E402
+from engine.compress.latency import compare_latency, make_session  # noqa: E402
 from engine.compress.prune import (  # noqa: E402
     count_macs_params,
+    load_pruned,
     prune_model,
     recalibrate_batchnorm,
     task_batches,
@@ -105,6 +108,9 @@ def prune_variant(name: str, base: torch.nn.Module, task: DetectorTask, args: ar
     info: dict[str, Any] = {}
     rounds = int(name[4:]) if name.startswith("iter") else 1
     importance = name if name in ("l1", "l2", "lamp", "taylor") else args.importance
+    allocation = "sensitivity" if name == "sensitivity" else "uniform"
+    if allocation == "sensitivity":
+        importance = "taylor"
     recal = name != "oneshot"
 
     kept = 1.0
@@ -113,7 +119,7 @@ def prune_variant(name: str, base: torch.nn.Module, task: DetectorTask, args: ar
         step = 1.0 - target / kept
         kept = target
         losses = task_losses(task, args.taylor_batches, seed=args.seed + r) if importance == "taylor" else None
-        model, _ = prune_model(model, example, step, importance, loss_fn=losses)
+        model, _ = prune_model(model, example, step, importance, loss_fn=losses, allocation=allocation)
         if recal:
             recalibrate_batchnorm(model, task_batches(task, 8, seed=args.seed + r))
         if r == 1:
@@ -149,12 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
 
+    with tempfile.TemporaryDirectory(prefix="prune_study.") as tmp:  # removed even on a crash
+        return study(args, Path(tmp))
+
+
+def study(args: argparse.Namespace, work: Path) -> int:
     run = args.run
     manifest = run / "data" / "manifest.jsonl"
     base, meta = model_from_checkpoint(run / "train" / "detector" / "checkpoints" / "best.pt")
     post = {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": args.unclip}
-    extra = Path(tempfile.mkdtemp(prefix="prune_study_extra.")) if args.extra_train else None
-    trained_on = with_extra_train(manifest, extra, args.extra_train, args.extra_seed) if extra else manifest
+    trained_on = (with_extra_train(manifest, work / "extra", args.extra_train, args.extra_seed)
+                  if args.extra_train else manifest)
     task = DetectorTask(trained_on, backbone=meta["backbone"], train_size=384, input_size=640,
                         postprocess=post, val_limit=args.eval_images)
     charset = model_from_checkpoint(run / "train" / "recognizer" / "checkpoints" / "best.pt")[1]["charset"]
@@ -165,37 +176,39 @@ def main(argv: list[str] | None = None) -> int:
     example = torch.from_numpy(feeds[0])
 
     rows: list[dict[str, Any]] = json.loads(args.out.read_text()) if args.out.exists() else []
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        if args.fresh:
-            sets["fresh_"] = fresh_plates(work / "fresh", args.fresh, args.fresh_seed)
-        scored = {k: ([load_image_rgb(r.image) for r in recs], [[ln.to_dict() for ln in r.lines] for r in recs])
-                  for k, recs in sets.items()}
-        for name in ["unpruned", *args.variants.split(",")]:
-            t0 = time.monotonic()
-            if name == "unpruned":
-                model, info = base.eval(), {}
-            else:
-                model, info = prune_variant(name, base, task, args, example, work)
-            onnx = work / f"{name}.onnx"
-            export_onnx(model.eval(), "detector", onnx, feeds, simplify=False)
-            macs, params = count_macs_params(model, example)
-            row = {"variant": name, "amount": args.amount, "epochs": args.epochs if name != "unpruned" else 0,
-                   "lr": args.lr, "distill": args.distill, "ema": args.ema, "seed": args.seed, "macs_g": round(macs / 1e9, 3),
-                   "params_m": round(params / 1e6, 3), **info}
-            session = make_session(onnx, 2)
-            for prefix, (images, gts) in scored.items():
-                acc = end_to_end_accuracy(session, reader, images, gts, charset, max_side=640,
-                                          height=32, max_width=320, postprocess=post)
-                row.update({f"{prefix}{k}": round(v, 4) for k, v in acc.items()})
-            row["seconds"] = round(time.monotonic() - t0, 1)
-            row["extra_train_images"] = 2 * args.extra_train
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(args.out, json.dumps(rows, indent=1).encode())
-    if extra:
-        shutil.rmtree(extra, ignore_errors=True)
+    if args.fresh:
+        sets["fresh_"] = fresh_plates(work / "fresh", args.fresh, args.fresh_seed)
+    scored = {k: ([load_image_rgb(r.image) for r in recs], [[ln.to_dict() for ln in r.lines] for r in recs])
+              for k, recs in sets.items()}
+    for name in ["unpruned", *args.variants.split(",")]:
+        t0 = time.monotonic()
+        if name == "unpruned":
+            model, info = base.eval(), {}
+        elif name == "run":
+            model, info = load_pruned(args.run / "prune" / "detector.pruned.pt")[0], {}
+        else:
+            model, info = prune_variant(name, base, task, args, example, work)
+        onnx = work / f"{name}.onnx"
+        export_onnx(model.eval(), "detector", onnx, feeds, simplify=False)
+        macs, params = count_macs_params(model, example)
+        row = {"variant": name, "amount": args.amount, "epochs": args.epochs if name != "unpruned" else 0,
+               "lr": args.lr, "distill": args.distill, "ema": args.ema, "seed": args.seed, "macs_g": round(macs / 1e9, 3),
+               "params_m": round(params / 1e6, 3), **info}
+        if name != "unpruned":  # the prune stage's timing: 40 interleaved runs in 8 rounds
+            lat = compare_latency({"unpruned": work / "unpruned.onnx", name: onnx}, feeds[:1],
+                                  threads=2, runs=40, rounds=8)
+            row["latency_ratio"] = round(lat[name]["median_ms"] / lat["unpruned"]["median_ms"], 3)
+        session = make_session(onnx, 2)
+        for prefix, (images, gts) in scored.items():
+            acc = end_to_end_accuracy(session, reader, images, gts, charset, max_side=640,
+                                      height=32, max_width=320, postprocess=post)
+            row.update({f"{prefix}{k}": round(v, 4) for k, v in acc.items()})
+        row["seconds"] = round(time.monotonic() - t0, 1)
+        row["extra_train_images"] = 2 * args.extra_train
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(args.out, json.dumps(rows, indent=1).encode())
     return 0
 
 

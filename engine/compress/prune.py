@@ -132,9 +132,12 @@ class _AtMostPruner(tp.pruner.BasePruner):
     layers the detector's geometry depends on - while the big layers lost 30 %."""
 
     def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
-        kept = current_channels - n_pruned
-        kept = -(-kept // round_to) * round_to
-        return max(current_channels - kept, 0)
+        return max(current_channels - _round_up(current_channels - n_pruned, round_to), 0)
+
+
+def _round_up(kept: int, round_to: int) -> int:
+    """``kept`` channels rounded up to a multiple of ``round_to``."""
+    return -(-kept // round_to) * round_to
 
 
 def _importance(name: str) -> tp.importance.Importance:
@@ -241,8 +244,7 @@ def _out_width(m: nn.Module) -> int:
 
 def _kept_uniform(n: int, amount: float, round_to: int) -> int:
     """Channels a group of ``n`` keeps under uniform pruning (``_AtMostPruner``'s rounding)."""
-    kept = int(n * (1.0 - amount))
-    return min(n, -(-kept // round_to) * round_to)
+    return min(n, _round_up(int(n * (1.0 - amount)), round_to))
 
 
 def _sensitivity_ratios(pruner: tp.pruner.BasePruner, model: nn.Module, example: torch.Tensor,
@@ -298,7 +300,8 @@ def _sensitivity_ratios(pruner: tp.pruner.BasePruner, model: nn.Module, example:
     target = before - uniform.total()
     pruned = [0] * len(groups)
 
-    def next_block(i: int) -> tuple[float, int, int] | None:
+    def next_block(i: int) -> tuple[float, int, int, int] | None:
+        """(loss per MAC, group, channels, MACs saved) of group i's next block."""
         _, n, sides, scores = groups[i]
         size = (n - pruned[i]) % round_to or round_to
         if pruned[i] + size > cap * n or n - pruned[i] - size < 1:
@@ -306,20 +309,20 @@ def _sensitivity_ratios(pruner: tp.pruner.BasePruner, model: nn.Module, example:
         saving = macs.saving(sides, size)
         if saving <= 0:
             return None
-        return sum(scores[pruned[i]: pruned[i] + size]) / saving, i, size
+        return sum(scores[pruned[i]: pruned[i] + size]) / saving, i, size, saving
 
     heap = [b for i in range(len(groups)) if (b := next_block(i)) is not None]
     heapq.heapify(heap)
     saved = 0
     while heap and saved < target:
-        key, i, size = heapq.heappop(heap)
+        key, i, size, _ = heapq.heappop(heap)
         fresh = next_block(i)  # its neighbours may have shrunk since it was queued
         if fresh is None:
             continue
         if heap and fresh[0] > key and fresh[0] > heap[0][0]:
             heapq.heappush(heap, fresh)
             continue
-        gain = macs.saving(groups[i][2], size)
+        gain = fresh[3]
         if saved + gain - target > target - saved:  # overshoots more than it closes: next one
             continue
         saved += gain

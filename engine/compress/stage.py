@@ -250,9 +250,9 @@ def onnx_metric(ctx: StageContext, model_name: str, limit: int = GUARD_IMAGES) -
     detector: ``eval_fn(path, recognizer=None)``, end-to-end line accuracy with ``recognizer``
     (default: the fp32 export) reading its boxes.  Not hmean: a quantized detector that still
     finds every line can draw its boxes a little tighter, and the crops lose characters
-    (measured on the flagship: int8 detector -1.2 points hmean, -3 points end to end).  recognizer: line accuracy on the ground-truth val
-    crops.  Both use up to ``limit`` val images (their crops for the recognizer); 0.5 point is
-    2 lines there.
+    (measured on the flagship: int8 detector -1.2 points hmean, -3 points end to end).
+    recognizer: line accuracy on the ground-truth val crops.  Both use up to ``limit`` val
+    images (their crops for the recognizer); 0.5 point is 2 lines there.
     """
     from ..data.manifest import load_image_rgb
     from .accuracy import end_to_end_accuracy, read_crops

@@ -223,6 +223,10 @@ class PruneSpec(Strict):
     finetune_lr: float | None = Field(
         None, gt=0, le=10, description="fine-tuning learning rate after pruning; null: the model's train lr"
     )
+    finetune_warmup: float | None = Field(
+        None, ge=0, le=10_000,
+        description="warm-up epochs of the fine-tune after pruning; null: the model's train warmup_epochs",
+    )
     distill: float = Field(
         0.0, ge=0, le=100,
         description="weight of the unpruned model's outputs as an extra fine-tuning target (distillation); 0: off",

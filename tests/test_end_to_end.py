@@ -29,7 +29,7 @@ train:
   detector: {batch_size: 4}
   recognizer: {batch_size: 16}
 optimize:
-  prune: {amount: 0.25, allocation: sensitivity, finetune_epochs: 1, finetune_ema: 0.9}
+  prune: {amount: 0.25, allocation: sensitivity, finetune_epochs: 1, finetune_ema: 0.9, finetune_warmup: 0}
   calibration: {samples: 4}
 targets: [local-cpu, rpi4, jetson-nano]
 verify:
@@ -77,6 +77,10 @@ def test_every_stage_ran_and_produced_artifacts(finished):
 
     last = load_checkpoint(finished.run_dir / "prune" / "detector" / "checkpoints" / "last.pt")
     assert last["ema"]["updates"] > 0 and "raw_model" in last
+    # finetune_warmup: the fine-tune's own warm-up, the train stage keeps the recipe's (1 epoch)
+    assert last["config"]["warmup_epochs"] == 0
+    trained = load_checkpoint(finished.run_dir / "train" / "detector" / "checkpoints" / "last.pt")
+    assert trained["config"]["warmup_epochs"] == 1.0
     pruned = load_pruned(finished.run_dir / "prune" / "detector.pruned.pt")[0].state_dict()
     assert all(torch.equal(pruned[k], v) for k, v in last["model"].items())
 

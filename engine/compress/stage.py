@@ -140,6 +140,8 @@ def run_prune(ctx: StageContext) -> StageResult:
             cfg.name = f"prune:{model_name}"
             if spec.finetune_lr is not None:  # a pruned net usually needs more than a fine-tune lr
                 cfg.lr = spec.finetune_lr
+            if spec.finetune_warmup is not None:  # it starts from a trained net, not from scratch
+                cfg.warmup_epochs = spec.finetune_warmup
             cfg.ema_decay = spec.finetune_ema
             task.model = pruned
             fit(Distilled(task, teacher, spec.distill) if teacher is not None else task, cfg)

@@ -118,3 +118,24 @@ def test_compare_latency_interleaves_and_pools(detector_onnx, tmp_path):
         assert stats["runs"] == 6 and len(stats["times_ms"]) == 6 and stats["median_ms"] > 0
     with pytest.raises(ValueError):
         compare_latency({}, samples, threads=1)
+
+
+def test_compare_latency_sessions_do_not_spin(detector_onnx, monkeypatch):
+    """An idle session's busy-waiting worker would steal a core from the one being timed."""
+    import engine.compress.latency as latency
+
+    _, path, _, samples = detector_onnx
+    made = []
+    real = latency.make_session
+
+    def recording(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(latency, "make_session", recording)
+    compare_latency({"a": path, "b": path}, samples, threads=1, runs=2, rounds=1, warmup=0)
+    assert len(made) == 2
+    for sess in made:
+        assert sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(Exception, match="allow_spinning"):  # the default session spins
+        real(path, 1).get_session_options().get_session_config_entry("session.intra_op.allow_spinning")

@@ -21,8 +21,10 @@ import onnxruntime as ort
 __all__ = ["compare_latency", "make_session", "measure_latency"]
 
 
-def make_session(onnx_path: Path | str, threads: int) -> ort.InferenceSession:
-    """A CPU session with ``threads`` intra-op threads, sequential, full graph optimisation."""
+def make_session(onnx_path: Path | str, threads: int, spinning: bool = True) -> ort.InferenceSession:
+    """A CPU session with ``threads`` intra-op threads, sequential, full graph optimisation.
+    ``spinning=False``: its worker threads sleep instead of busy-waiting between runs (see
+    :func:`compare_latency`)."""
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     so = ort.SessionOptions()
@@ -31,6 +33,8 @@ def make_session(onnx_path: Path | str, threads: int) -> ort.InferenceSession:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
 
 
@@ -79,12 +83,17 @@ def compare_latency(
     On a shared machine the load drifts over a minute; timing one model after the other would
     charge the drift to whichever ran during a busy spell, and a ratio of two such numbers
     can say a pruned model is slower than its parent.  Interleaving spreads the drift evenly.
+    The sessions do not spin: onnxruntime's worker threads busy-wait after each run by default,
+    so on a 2-core machine an idle session's spinning worker took a core from the session being
+    timed, whichever ran second paid for it, and the pruned/unpruned ratio of the same two
+    models read 0.66-0.99 (spinning, after a fine-tune in the same process) against 0.66-0.71
+    without spinning.  Absolute times run ~10 % above a lone spinning session's.
     """
     if not onnx_paths or not inputs:
         raise ValueError("compare_latency needs at least one model and one input array")
     if runs < 1 or rounds < 1 or warmup < 0:
         raise ValueError(f"need runs >= 1, rounds >= 1, warmup >= 0; got {runs}, {rounds}, {warmup}")
-    sessions = {k: make_session(p, threads) for k, p in onnx_paths.items()}
+    sessions = {k: make_session(p, threads, spinning=False) for k, p in onnx_paths.items()}
     feeds = {k: [{s.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)} for x in inputs]
              for k, s in sessions.items()}
     for k, sess in sessions.items():

@@ -14,6 +14,7 @@ images swing ~1.5 points between two fine-tunes of the same recipe.  Rows:
 
     unpruned   the trained detector itself (the reference)
     run        the run's own pruned, fine-tuned detector (prune/detector.pruned.pt), scored only
+    finetuned  the control: no pruning, the same fine-tune (what the fine-tune alone costs)
     oneshot    prune once, fine-tune
     bn         prune once, re-estimate BatchNorm, fine-tune
     iterN      N rounds of (prune amount/N of the original channels, re-estimate BN,
@@ -114,6 +115,9 @@ def prune_variant(name: str, base: torch.nn.Module, task: DetectorTask, args: ar
         importance = "taylor"
     recal = name != "oneshot"
 
+    if name == "finetuned":
+        return finetune(task, model, args.epochs, args.lr, work / name, args.batch_size, args.warmup,
+                        copy.deepcopy(base), args.distill, args.seed, args.ema), info
     kept = 1.0
     for r in range(1, rounds + 1):
         target = 1.0 - args.amount * r / rounds  # fraction of the original channels left
@@ -194,7 +198,7 @@ def study(args: argparse.Namespace, work: Path) -> int:
         onnx = work / f"{name}.onnx"
         export_onnx(model.eval(), "detector", onnx, feeds, simplify=False)
         macs, params = count_macs_params(model, example)
-        row = {"variant": name, "amount": args.amount, "epochs": args.epochs if name != "unpruned" else 0,
+        row = {"variant": name, "amount": args.amount, "epochs": {"unpruned": 0, "run": None}.get(name, args.epochs),
                "lr": args.lr, "distill": args.distill, "ema": args.ema, "seed": args.seed, "macs_g": round(macs / 1e9, 3),
                "params_m": round(params / 1e6, 3), **info}
         if name != "unpruned":  # the prune stage's timing: 40 interleaved runs in 8 rounds

@@ -203,7 +203,7 @@ def study(args: argparse.Namespace, work: Path) -> int:
                "params_m": round(params / 1e6, 3), **info}
         if name != "unpruned":  # the prune stage's timing: 40 interleaved runs in 8 rounds
             ratios = []
-            for _ in range(args.latency_repeats):  # one comparison swings 0.65-1.0 here
+            for _ in range(args.latency_repeats):  # 0.64-0.69 for one model here (spinning: 0.65-1.0)
                 lat = compare_latency({"unpruned": work / "unpruned.onnx", name: onnx}, feeds[:1],
                                       threads=2, runs=40, rounds=8)
                 ratios.append(round(lat[name]["median_ms"] / lat["unpruned"]["median_ms"], 3))

@@ -7,9 +7,12 @@ about 8 minutes once, then cached outside the repository); without it, or withou
 mount namespaces / binfmt_misc, every test here skips with one line saying why.
 
 Accuracy, not speed: emulated timings are hundreds of times slower than a Pi and are reported
-only as "emulated". int8 is compared with fp32 on the same CPU (the x86 verify's int8-vs-fp32
-drop against the device's), not x86 int8 against arm64 int8: onnxruntime's int8 kernels differ
-between the two CPUs by design (see targets/rpi4.yaml, reduce_range).
+only as "emulated". What is asserted is what a Pi user gets: on the Pi, int8 reads within the
+bundle's own bar of fp32 on the same CPU, and the Pi reads (fp32 and int8) what this x86 build
+host read when it verified the bundle. The bundle is built with ``reduce_range`` (as the flagship
+is): without it x86 int8 (AVX2, no VNNI) saturates where the Pi's kernels do not, and the test
+would measure the build host's defect instead of the device (see targets/rpi4.yaml). A bundle
+whose int8 model is broken on purpose must fail the same check.
 """
 
 from __future__ import annotations
@@ -36,33 +39,39 @@ from engine.training.metrics import edit_distance
 
 pytest_plugins = ["sshd"]  # the plain x86 sshd for the "arm64 bundle, x86 host" refusal
 
-# Fine-tuned from the shipped base weights for one epoch on a few generated nameplates: a
-# trained model that reads text, so accuracy parity is a real comparison (zeros would match).
+# The shipped base weights as they are (`epochs: 0`): a model that reads text, identical on every
+# machine (no training whose float results could differ between build hosts), so accuracy parity
+# is a real comparison (zeros would match). Four 640x480 val images carry ~40 scored lines, so one flipped
+# line moves a metric by ~3 points, not 14. `reduce_range` as in the flagship: 7-bit weights make
+# onnxruntime's int8 kernels compute the same on x86 (AVX2 without VNNI saturates full-range
+# u8 x s8 pairs) and on the Pi's Arm cores, so what verify measured here is what the Pi runs.
 RECIPE = """\
 name: emulated-pi
 dataset:
-  synthetic: {count: 8, val_count: 2, seed: 11, image_size: [320, 240]}
+  synthetic: {count: 8, val_count: 4, seed: 11}
 models:
-  detector: {input_size: 320, train_size: 192, init: base}
-  recognizer: {sequence: conv, max_width: 160, init: base}
+  detector: {arch: dbnet, backbone: mobilenetv3, input_size: 640, init: base}
+  recognizer: {arch: crnn, sequence: conv, max_width: 320, init: base}
 train:
-  epochs: 1
-  lr: 1.0e-5
-  detector: {batch_size: 4}
-  recognizer: {batch_size: 16}
+  epochs: 0
 optimize:
-  calibration: {samples: 4}
+  quantize: {reduce_range: true}
+  calibration: {samples: 8}
 targets: [rpi4]
 verify:
-  max_drop: 1.0
-  samples: 2
+  max_drop: 0.06
+  samples: 4
 """
 # Detection hmean and end-to-end line accuracy on the same images, arm64 vs x86, fp32: the
-# float kernels differ only in summation order, so the predictions should be the same; one
-# flipped line out of the handful here moves a metric by ~0.1, more than we accept.
-TOLERANCE = 0.05
+# float kernels differ only in summation order, so the predictions should be the same up to
+# borderline pixels and CTC near-ties; more than two of the ~35 lines is a finding.
+TOLERANCE = 0.06
 # The lines read by fp32 on both CPUs: at most this many character edits per character.
 TEXT_TOLERANCE = 0.1
+# Fewer scored lines than this and one flipped line would swing a metric past TOLERANCE.
+MIN_SCORED_LINES = 30
+# int8 on the Pi against fp32 on the Pi: the bundle's own bar (the recipe's verify.max_drop).
+INT8_MAX_DROP = 0.06
 
 
 def _unavailable() -> str | None:
@@ -113,59 +122,126 @@ def _device_check(pi: epi.EmulatedPi, precision: str, limit: int) -> dict[str, A
         return dict(json.loads(t.run(cmd, timeout=1800).stdout))
 
 
-def test_preflight_sees_an_arm64_pi(pi: epi.EmulatedPi) -> None:
-    rpi4 = load_profiles()["rpi4"]
-    with _transport(pi) as t:
-        report = preflight(t, arch=rpi4.arch, python=rpi4.python, python_min=rpi4.python_min,
-                           bundle_bytes=1 << 20)
-        assert report.arch == "aarch64" and report.ok, report.missing
-        assert t.run("grep -m1 'CPU part' /proc/cpuinfo").stdout.split(":")[1].strip() == "0xd08"
-        assert t.run("printenv PIP_FIND_LINKS PIP_CERT", check=False).stdout == ""  # env -i
+def _scored_lines(labels: dict[str, list[dict[str, Any]]]) -> int:
+    return sum(1 for v in labels.values() for ln in v if not ln.get("ignore") and ln.get("text") != "###")
 
 
-def test_rpi4_bundle_reads_text_on_arm64_like_on_x86(pi: epi.EmulatedPi, shipped: Pipeline) -> None:
+def assert_int8_holds(fp32: dict[str, Any], int8: dict[str, Any], max_drop: float) -> None:
+    """What a Pi user gets: int8 reads within ``max_drop`` of fp32 on the same device."""
+    for key in ("hmean", "e2e_line_accuracy"):
+        drop = fp32[key] - int8[key]
+        assert drop <= max_drop + 1e-9, (key, "int8 vs fp32 on the Pi", f"drop {drop:.4f} > {max_drop}")
+
+
+def _texts(report: dict[str, Any]) -> list[str]:
+    return [ln["text"] for item in report["predictions"] for ln in item["lines"]]
+
+
+@pytest.fixture(scope="module")
+def device_reports(pi: epi.EmulatedPi, shipped: Pipeline) -> dict[str, dict[str, Any]]:
+    """fp32 and int8 of the shipped bundle, on the Pi and through the same runtime on x86."""
+    samples = shipped.loaded.recipe.verify.samples
+    verified = shipped.run_dir / "verify" / "rpi4" / "bundle"
+    return {
+        "arm64-fp32": _device_check(pi, "fp32", samples),
+        "arm64-int8": _device_check(pi, "int8", samples),
+        "x86-fp32": run_local_check(verified, "fp32", samples),
+        "x86-int8": run_local_check(verified, "int8", samples),
+    }
+
+
+def test_rpi4_bundle_reads_text_on_arm64_like_on_x86(
+    pi: epi.EmulatedPi, shipped: Pipeline, device_reports: dict[str, dict[str, Any]]
+) -> None:
     summary = json.loads((shipped.run_dir / "summary.json").read_text())
     assert {"build:rpi4", "verify:rpi4", "ship:rpi4", "check:rpi4"} <= set(summary["executed"])
     hosts = json.loads((shipped.run_dir / "check" / "rpi4" / "hosts.json").read_text())
     device = hosts[pi.alias]
     assert device["status"] == "ok" and device["precision"] == "int8", device
     verified = shipped.run_dir / "verify" / "rpi4" / "bundle"
-    x86 = json.loads((verified / "manifest.json").read_text())["verify"]["candidates"]
     labels = bundle_labels(verified)
-    samples = shipped.loaded.recipe.verify.samples or 2
-    fp32_report = _device_check(pi, "fp32", samples)
-    assert fp32_report["versions"]["machine"] == "aarch64"
-    arm = {"int8": device, "fp32": score_predictions(fp32_report, labels)}
+    assert _scored_lines(labels) >= MIN_SCORED_LINES, _scored_lines(labels)
+    scores = {name: score_predictions(r, labels) for name, r in device_reports.items()}
+    assert device_reports["arm64-fp32"]["versions"]["machine"] == "aarch64"
     print(f"\nemulated Pi (qemu, timings are emulated, NOT a Pi's): onnxruntime "
-          f"{fp32_report['versions']['onnxruntime']}")
+          f"{device_reports['arm64-fp32']['versions']['onnxruntime']}, {_scored_lines(labels)} lines")
     for p in ("fp32", "int8"):
-        print(f"  {p}: x86 hmean {x86[p]['hmean']:.3f} e2e {x86[p]['e2e_line_accuracy']:.3f} | "
-              f"arm64 hmean {arm[p]['hmean']:.3f} e2e {arm[p]['e2e_line_accuracy']:.3f} "
-              f"(emulated p50 {arm[p]['latency_p50_ms'] / 1000:.1f} s)")
-    assert x86["fp32"]["hmean"] > 0.3, "the model must read something for parity to mean anything"
-    # the strings themselves: fp32 reads the same text on both CPUs; int8 is held to fp32
-    x86_fp32 = run_local_check(verified, "fp32", samples)
-    texts = {p: [ln["text"] for item in r["predictions"] for ln in item["lines"]] for p, r in
-             (("x86", x86_fp32), ("arm64", fp32_report))}
-    print(f"  fp32 lines read, x86:   {texts['x86']}\n  fp32 lines read, arm64: {texts['arm64']}")
-    assert texts["x86"] and any(texts["x86"])
-    # Not bit-exact: float summation order differs between the CPUs (1e-5 in the outputs), which
-    # moves borderline pixels of the probability map and CTC near-ties. Measured here: 7 of 10
-    # lines identical, 4 character edits in 68 ("Kfer"/"Y Kfer", "TJ8"/"TTJ8", "g"/"u").
-    assert len(texts["x86"]) == len(texts["arm64"]), texts
+        x86, arm = scores[f"x86-{p}"], scores[f"arm64-{p}"]
+        print(f"  {p}: x86 hmean {x86['hmean']:.3f} e2e {x86['e2e_line_accuracy']:.3f} | "
+              f"arm64 hmean {arm['hmean']:.3f} e2e {arm['e2e_line_accuracy']:.3f} "
+              f"(emulated p50 {arm['latency_p50_ms'] / 1000:.1f} s)")
+    x86_fp32, arm_fp32 = scores["x86-fp32"], scores["arm64-fp32"]
+    assert x86_fp32["hmean"] > 0.8 and x86_fp32["e2e_line_accuracy"] > 0.3, (
+        "the model must read something for parity to mean anything", x86_fp32)
+    # The same text on both CPUs, fp32 and int8 alike, up to float summation order (1e-5 in the
+    # outputs moves borderline pixels of the probability map and CTC near-ties; int8 QDQ keeps
+    # float ops between its integer convolutions, so it is not bit-exact either).
+    for p in ("fp32", "int8"):
+        _assert_same_reading(device_reports[f"x86-{p}"], device_reports[f"arm64-{p}"],
+                             scores[f"x86-{p}"], scores[f"arm64-{p}"], p)
+    # int8 is held to fp32 on the Pi itself, by the bundle's own bar
+    assert_int8_holds(arm_fp32, scores["arm64-int8"], INT8_MAX_DROP)
+
+
+def _assert_same_reading(x86: dict[str, Any], arm: dict[str, Any], x86_scores: dict[str, Any],
+                         arm_scores: dict[str, Any], precision: str) -> None:
+    texts = {"x86": _texts(x86), "arm64": _texts(arm)}
+    print(f"  {precision} lines read, x86:   {texts['x86']}\n  {precision} lines read, arm64: {texts['arm64']}")
+    assert len(texts["x86"]) == len(texts["arm64"]), (precision, texts)
     edits = sum(edit_distance(a, b) for a, b in zip(texts["x86"], texts["arm64"], strict=True))
     chars = sum(len(a) for a in texts["x86"])
-    assert edits <= TEXT_TOLERANCE * chars, (edits, chars, texts)
+    assert edits <= TEXT_TOLERANCE * chars, (precision, edits, chars, texts)
     for key in ("hmean", "e2e_line_accuracy"):
-        assert abs(arm["fp32"][key] - x86["fp32"][key]) <= TOLERANCE, (key, arm["fp32"], x86["fp32"])
-        x86_drop = x86["fp32"][key] - x86["int8"][key]
-        arm_drop = arm["fp32"][key] - arm["int8"][key]
-        # int8 may flip one borderline line between the CPUs: x86 runs the rpi4 bundle without
-        # reduce_range (AVX2 u8 x s8 pairs can saturate; Arm's kernels do not) - measured once
-        # as 1 of the 8 lines here, after unclip 1.7 moved the boxes. More than one is a finding.
-        scored = [ln for v in labels.values() for ln in v if not ln.get("ignore") and ln.get("text") != "###"]
-        one_line = 1.0 / max(1, len(scored))
-        assert abs(arm_drop - x86_drop) <= max(TOLERANCE, one_line + 1e-9), (key, "int8 vs fp32", arm_drop, x86_drop)
+        assert abs(arm_scores[key] - x86_scores[key]) <= TOLERANCE, (precision, key, arm_scores, x86_scores)
+
+
+def _break_int8_recognizer(bundle: Path) -> str:
+    """Zero the weight scales of the int8 recognizer's first quantized layer, in place."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    path = bundle / manifest["candidates"]["int8"]["recognizer"]
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:  # the first DequantizeLinear of a conv / matmul weight
+        if (node.op_type == "DequantizeLinear" and node.input[0] in inits and node.input[1] in inits
+                and len(inits[node.input[0]].dims) >= 2):
+            scale = inits[node.input[1]]
+            scale.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(scale)), scale.name))
+            onnx.save(model, str(path))
+            return node.input[0]
+    raise AssertionError(f"{path}: no quantized weight found")
+
+
+def test_a_pi_that_reads_worse_fails_the_parity_check(
+    pi: epi.EmulatedPi, shipped: Pipeline, device_reports: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The check above can fail: a broken int8 recognizer on the Pi (one layer's scales zeroed)."""
+    from engine.deploy.bundle import finalize_bundle
+
+    verified = shipped.run_dir / "verify" / "rpi4" / "bundle"
+    labels = bundle_labels(verified)
+    broken = tmp_path / "bundle"
+    shutil.copytree(verified, broken)
+    layer = _break_int8_recognizer(broken)
+    meta = {k: v for k, v in json.loads((broken / "manifest.json").read_text()).items()
+            if k not in ("format", "files", "bundle_hash")}
+    finalize_bundle(broken, {**meta, "note": f"int8 recognizer broken: {layer} scales zeroed"})
+    samples = shipped.loaded.recipe.verify.samples
+    with _transport(pi) as t:
+        good = current_release(t)
+        ship(t, broken, keep=3, python="python3")
+        try:
+            bad_report = _device_check(pi, "int8", samples)
+        finally:
+            assert rollback(t, python="python3") == good
+    fp32 = score_predictions(device_reports["arm64-fp32"], labels)
+    worse = score_predictions(bad_report, labels)
+    print(f"\n  broken int8 on the Pi: e2e {worse['e2e_line_accuracy']:.3f} (fp32 {fp32['e2e_line_accuracy']:.3f})")
+    with pytest.raises(AssertionError, match="int8 vs fp32 on the Pi"):
+        assert_int8_holds(fp32, worse, INT8_MAX_DROP)
 
 
 def test_rollback_on_the_pi(pi: epi.EmulatedPi, shipped: Pipeline, tmp_path: Path) -> None:

@@ -40,11 +40,8 @@ import asyncio
 import hmac
 import logging
 import os
-import struct
 import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -55,13 +52,14 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .serve_images import ImageRejected, check_image, decode_image, image_size
+from .serve_metrics import Metrics
+
 __all__ = ["Limits", "Metrics", "create_app", "image_size", "serve_cli"]
 
 log = logging.getLogger("runtime.serve")
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _OPEN_PATHS = ("/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
-_KNOWN_PATHS = ("/ocr", "/healthz", "/metrics", "/info")
 MB = 1024 * 1024
 
 
@@ -77,208 +75,6 @@ class Limits:
         self.max_pixels = int(max_megapixels * 1_000_000)
         self.concurrency = int(concurrency)
         self.queue = int(queue)
-
-
-# ------------------------------------------------------------------------------ images
-
-
-class ImageRejected(Exception):
-    """An upload that is not decoded: ``status`` is the HTTP answer (400, 413 or 415)."""
-
-    def __init__(self, status: int, message: str):
-        self.status = status
-        super().__init__(message)
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from the first SOFn segment; markers are walked, nothing is decoded."""
-    sof = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-    i, n = 2, len(data)
-    while i + 1 < n:
-        if data[i] != 0xFF:
-            raise ImageRejected(400, "JPEG header is corrupt (marker expected)")
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length field
-            i += 2
-            continue
-        if marker in (0xD9, 0xDA):
-            break
-        if i + 4 > n:
-            break
-        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
-        if marker in sof:
-            if i + 9 > n:
-                break
-            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            if height == 0 or width == 0:
-                raise ImageRejected(400, "JPEG header gives no image size")
-            return width, height
-        i += 2 + length
-    raise ImageRejected(400, "JPEG header is truncated or has no frame (SOF) segment")
-
-
-def _webp_size(data: bytes) -> tuple[int, int]:
-    chunk = data[12:16]
-    if chunk == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":
-        w, h = struct.unpack("<HH", data[26:30])
-        return w & 0x3FFF, h & 0x3FFF
-    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
-        bits = int.from_bytes(data[21:25], "little")
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    if chunk == b"VP8X" and len(data) >= 30:
-        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
-    raise ImageRejected(400, "WebP header is truncated or of an unknown kind")
-
-
-def image_size(data: bytes) -> tuple[str, int, int]:
-    """(format, width, height) read from the header alone.
-
-    Raises ImageRejected: 415 for image formats this service does not decode (their size cannot
-    be bounded before decoding), 400 for bytes that are no image or a broken header.
-    """
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        if len(data) < 24 or data[12:16] != b"IHDR":
-            raise ImageRejected(400, "PNG header is truncated (no IHDR chunk)")
-        w, h = struct.unpack(">II", data[16:24])
-        return "png", w, h
-    if data.startswith(b"\xff\xd8"):
-        return ("jpeg", *_jpeg_size(data))
-    if data.startswith(b"BM") and len(data) >= 26:
-        (dib,) = struct.unpack("<I", data[14:18])
-        if dib == 12:
-            w, h = struct.unpack("<HH", data[18:22])
-        else:
-            w, h = struct.unpack("<ii", data[18:26])
-        return "bmp", abs(w), abs(h)
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return ("webp", *_webp_size(data))
-    for magic, name in ((b"GIF8", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
-                        (b"\x00\x00\x00\x0cjP", "JPEG 2000")):
-        if data.startswith(magic):
-            raise ImageRejected(415, f"{name} images are not accepted; send PNG, JPEG, BMP or WebP")
-    raise ImageRejected(400, "the body is not a PNG, JPEG, BMP or WebP image")
-
-
-def check_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
-    """image_size, plus the pixel bound: a decompression bomb is refused with 413."""
-    fmt, w, h = image_size(data)
-    if w <= 0 or h <= 0:
-        raise ImageRejected(400, f"{fmt.upper()} header gives an empty image ({w}x{h})")
-    if w * h > max_pixels:
-        raise ImageRejected(413, f"image is {w}x{h} = {w * h / 1e6:.1f} megapixels, more than the "
-                                 f"limit of {max_pixels / 1e6:g} (--max-megapixels)")
-    return fmt, w, h
-
-
-def decode_image(data: bytes) -> Any:
-    """RGB uint8, stored pixel order (EXIF ignored), as pipeline.load_image reads files."""
-    import cv2
-    import numpy as np
-
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if img is None:
-        raise ImageRejected(400, "cannot decode the image (corrupt or truncated data)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-# ------------------------------------------------------------------------------ metrics
-
-
-def _escape(label_value: str) -> str:
-    """A Prometheus label value: backslash, double quote and newline escaped."""
-    return label_value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-class Histogram:
-    """Cumulative-bucket histogram as Prometheus expects (``le`` upper bounds, +Inf last)."""
-
-    def __init__(self, buckets: Sequence[float] = LATENCY_BUCKETS):
-        self.buckets = tuple(buckets)
-        self.counts = [0] * (len(self.buckets) + 1)
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        for k, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[k] += 1
-                break
-        else:
-            self.counts[-1] += 1
-        self.total += value
-
-    def render(self, name: str) -> list[str]:
-        lines, cum = [], 0
-        for bound, count in zip(self.buckets, self.counts[:-1], strict=True):
-            cum += count
-            lines.append(f'{name}_bucket{{le="{bound:g}"}} {cum}')
-        cum += self.counts[-1]
-        lines += [f'{name}_bucket{{le="+Inf"}} {cum}', f"{name}_sum {self.total:.6f}",
-                  f"{name}_count {cum}"]
-        return lines
-
-
-class Metrics:
-    """Counters and gauges of one server process, rendered by hand in the Prometheus text
-    format (no client library on devices).  Updated from the event loop and from inference
-    threads, hence the lock."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.requests: Counter[tuple[str, str, int]] = Counter()
-        self.errors: Counter[str] = Counter()
-        self.request_seconds = Histogram()
-        self.inference_seconds = Histogram()
-        self.inflight = 0
-        self.inflight_max = 0
-        self.queued = 0
-        self.started = time.time()
-
-    def request(self, method: str, path: str, status: int, seconds: float) -> None:
-        path = path if path in _KNOWN_PATHS else "other"
-        with self.lock:
-            self.requests[(method, path, status)] += 1
-            if path == "/ocr":
-                self.request_seconds.observe(seconds)
-
-    def error(self, reason: str) -> None:
-        with self.lock:
-            self.errors[reason] += 1
-
-    def render(self, limits: Limits, info: dict[str, str]) -> str:
-        out: list[str] = []
-
-        def metric(name: str, kind: str, help_: str, samples: list[str]) -> None:
-            out.extend([f"# HELP {name} {help_}", f"# TYPE {name} {kind}", *samples])
-
-        with self.lock:
-            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(info.items()))
-            metric("ocr_build_info", "gauge", "Bundle served by this process.", [f"ocr_build_info{{{labels}}} 1"])
-            metric("ocr_http_requests_total", "counter", "HTTP requests by method, path and status code.",
-                   [f'ocr_http_requests_total{{method="{m}",path="{p}",code="{c}"}} {n}'
-                    for (m, p, c), n in sorted(self.requests.items())])
-            metric("ocr_request_errors_total", "counter", "Rejected or failed /ocr requests by reason.",
-                   [f'ocr_request_errors_total{{reason="{r}"}} {n}' for r, n in sorted(self.errors.items())])
-            metric("ocr_request_duration_seconds", "histogram",
-                   "Wall time of POST /ocr requests, any status, queueing included.",
-                   self.request_seconds.render("ocr_request_duration_seconds"))
-            metric("ocr_inference_duration_seconds", "histogram",
-                   "Decode + detector + recognizer time of one image.",
-                   self.inference_seconds.render("ocr_inference_duration_seconds"))
-            metric("ocr_inflight_predictions", "gauge", "Predictions running now.",
-                   [f"ocr_inflight_predictions {self.inflight}"])
-            metric("ocr_inflight_predictions_max", "gauge",
-                   "Most predictions that ran at the same time since start.",
-                   [f"ocr_inflight_predictions_max {self.inflight_max}"])
-            metric("ocr_queued_requests", "gauge", "Requests admitted and waiting for a slot.",
-                   [f"ocr_queued_requests {self.queued}"])
-            metric("ocr_concurrency_limit", "gauge", "--concurrency", [f"ocr_concurrency_limit {limits.concurrency}"])
-            metric("ocr_queue_limit", "gauge", "--queue", [f"ocr_queue_limit {limits.queue}"])
-            metric("process_start_time_seconds", "gauge", "Start time, seconds since the epoch.",
-                   [f"process_start_time_seconds {self.started:.3f}"])
-        return "\n".join(out) + "\n"
 
 
 # ------------------------------------------------------------------------------ the app

@@ -17,15 +17,20 @@ Why each limit exists, since a device has little memory and is often reachable b
 
 - body size: ``Content-Length`` above ``--max-body-mb`` is refused before a byte is read (413),
   and bytes are counted while reading, so a chunked upload without a length is bounded too;
+  the refused body is drained for a bounded time so the client reads the 413 instead of a
+  connection reset (serve_http.py);
+- slow clients: request headers must arrive within ``--header-timeout`` and a body within
+  ``--body-timeout`` (408), so a client sending a byte at a time is cut off (serve_http.py);
 - decompression bombs: a 100 KB PNG can claim 30000x30000 pixels (2.7 GB decoded).  The
-  header is parsed here (PNG, JPEG, BMP, WebP; other formats are refused with 415) and images
-  above ``--max-megapixels`` get 413 before OpenCV allocates anything; OpenCV's own
-  ``OPENCV_IO_MAX_IMAGE_PIXELS`` is set to the same limit as a second guard;
+  header is parsed first (serve_images.py: PNG, JPEG, BMP, WebP; other formats are refused
+  with 415) and images above ``--max-megapixels`` get 413 before OpenCV allocates anything;
+  OpenCV's own ``OPENCV_IO_MAX_IMAGE_PIXELS`` is set to the same limit as a second guard;
 - concurrency: at most ``--concurrency`` predictions run at once (a semaphore in front of a
   thread pool of that size); up to ``--queue`` more wait, further requests get 503 with
   ``Retry-After`` instead of piling up memory.  At most ``2 x (concurrency + queue) + 8``
   /ocr requests are in progress at all (reading a body counts), so that many bodies of at
   most ``--max-body-mb`` bound the memory uploads take; more get 503 before a byte is read;
+  four times that many open connections get uvicorn's 503;
 - authentication: with ``--token-env VAR`` every endpoint but ``/healthz`` and the docs needs
   ``Authorization: Bearer <$VAR>`` (compared in constant time).  The token comes from the
   environment only (systemd ``EnvironmentFile=``), never from a file in the recipe, and is
@@ -50,8 +55,10 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .serve_http import MAX_HEADER_BYTES, BodyRefused, HttpGuard, guarded_h11
 from .serve_images import ImageRejected, check_image, decode_image, image_size
 from .serve_metrics import Metrics
 
@@ -67,17 +74,37 @@ class Limits:
     """The service's bounds (see the module docstring for why each exists)."""
 
     def __init__(self, max_body_mb: float = 20.0, max_megapixels: float = 40.0,
-                 concurrency: int = 1, queue: int = 8):
+                 concurrency: int = 1, queue: int = 8, header_timeout_s: float = 10.0,
+                 body_timeout_s: float = 60.0):
         if max_body_mb <= 0 or max_megapixels <= 0 or concurrency < 1 or queue < 0:
             raise ValueError("max-body-mb and max-megapixels must be > 0, concurrency >= 1, "
                              "queue >= 0")
+        if header_timeout_s <= 0 or body_timeout_s <= 0:
+            raise ValueError("header-timeout and body-timeout must be > 0")
         self.max_body = int(max_body_mb * MB)
         self.max_pixels = int(max_megapixels * 1_000_000)
         self.concurrency = int(concurrency)
         self.queue = int(queue)
+        # /ocr requests in progress at all (reading a body counts): bounds upload memory
+        self.max_active = 2 * (self.concurrency + self.queue) + 8
+        # open connections beyond this get uvicorn's 503 before any app code runs
+        self.max_connections = 4 * self.max_active
+        self.header_timeout_s = float(header_timeout_s)
+        self.body_timeout_s = float(body_timeout_s)
+        self.keep_alive_s = 5  # uvicorn's timeout_keep_alive: an idle kept-alive connection
+        # a refused body is read and thrown away (so the client sees the answer, not a reset)
+        # for no longer than an accepted one may take, and at most 10 s and 4 x max_body
+        self.linger_s = min(10.0, self.body_timeout_s)
+        self.drain_bytes = 4 * self.max_body
 
-
-# ------------------------------------------------------------------------------ the app
+    def as_dict(self) -> dict[str, Any]:
+        """What /info reports (sizes in bytes, times in seconds)."""
+        return {"max_body_bytes": self.max_body, "max_pixels": self.max_pixels,
+                "concurrency": self.concurrency, "queue": self.queue,
+                "max_active": self.max_active, "max_connections": self.max_connections,
+                "max_header_bytes": MAX_HEADER_BYTES, "header_timeout_s": self.header_timeout_s,
+                "body_timeout_s": self.body_timeout_s, "keep_alive_s": self.keep_alive_s,
+                "linger_s": self.linger_s, "drain_bytes": self.drain_bytes}
 
 
 _OCR_BODY = {
@@ -98,22 +125,18 @@ _OCR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) a declared or actual size above ``limit``."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.strip().isdigit():
-            raise HTTPException(400, "invalid Content-Length")
-        if int(declared) > limit:
-            raise HTTPException(413, f"body of {int(declared)} bytes is over the limit of {limit} "
-                                     "bytes (--max-body-mb)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"body is over the limit of {limit} bytes (--max-body-mb)")
-        chunks.append(chunk)
-    return b"".join(chunks)
+class _Disconnected(HTTPException):
+    """The client went away while its body was read."""
+
+
+async def _read_body(request: Request) -> bytes:
+    """The request body; its size and arrival time are bounded by serve_http.HttpGuard, which
+    raises BodyRefused (413, 408) from the stream.  A client that goes away mid-upload is a
+    400 nobody receives (counted as "disconnected"), not a traceback in the device's log."""
+    try:
+        return b"".join([chunk async for chunk in request.stream()])
+    except ClientDisconnect:
+        raise _Disconnected(400, "the client disconnected during the upload") from None
 
 
 async def _multipart_file(request: Request, body: bytes) -> tuple[bytes, str]:
@@ -186,8 +209,13 @@ class _Observe:
                     self.active -= 1
             else:
                 await self.app(scope, receive, send_status)
+        except BodyRefused:
+            status[0] = 0  # answered and counted by HttpGuard
+            raise
         finally:
-            self.metrics.request(scope["method"], scope["path"], status[0], time.perf_counter() - t0)
+            if status[0]:
+                self.metrics.request(scope["method"], scope["path"], status[0],
+                                     time.perf_counter() - t0)
 
 
 def create_app(pipeline: Any, limits: Limits, token: str | None = None) -> FastAPI:
@@ -204,8 +232,16 @@ def create_app(pipeline: Any, limits: Limits, token: str | None = None) -> FastA
                   description=f"Reads text with bundle {manifest['bundle_hash'][:12]} "
                               f"({manifest.get('target')}, {pipeline.precision}).")
 
-    app.add_middleware(_Observe, metrics=metrics, token=token,
-                       max_active=2 * (limits.concurrency + limits.queue) + 8)
+    app.add_middleware(_Observe, metrics=metrics, token=token, max_active=limits.max_active)
+
+    def refused(reason: str, status: int, method: str, path: str, seconds: float) -> None:
+        metrics.error(reason)
+        metrics.request(method, path, status, seconds)
+
+    # added last, so outermost: it sees every answer, the token check's and the 503s included
+    app.add_middleware(HttpGuard, max_body=limits.max_body, drain_bytes=limits.drain_bytes,
+                       linger_s=limits.linger_s, body_timeout_s=limits.body_timeout_s,
+                       on_refused=refused)
 
     def infer(data: bytes) -> tuple[list[dict[str, Any]], float]:
         with metrics.lock:
@@ -228,7 +264,7 @@ def create_app(pipeline: Any, limits: Limits, token: str | None = None) -> FastA
             if ctype != "multipart/form-data" and not ctype.startswith("image/"):
                 raise HTTPException(415, f"Content-Type {ctype or '(none)'!r}: send multipart/"
                                          "form-data with a 'file' field, or image/* bytes")
-            body = await _read_body(request, limits.max_body)
+            body = await _read_body(request)
             if ctype == "multipart/form-data":
                 data, name = await _multipart_file(request, body)
             else:
@@ -241,7 +277,8 @@ def create_app(pipeline: Any, limits: Limits, token: str | None = None) -> FastA
                 raise HTTPException(503, "busy: all prediction slots and the queue are full",
                                     headers={"Retry-After": "1"})
         except HTTPException as exc:
-            metrics.error({400: "bad_request", 413: "too_large", 415: "unsupported_media_type",
+            metrics.error("disconnected" if isinstance(exc, _Disconnected) else
+                          {400: "bad_request", 413: "too_large", 415: "unsupported_media_type",
                            503: "busy"}.get(exc.status_code, str(exc.status_code)))
             raise
         admitted[0] += 1
@@ -284,9 +321,7 @@ def create_app(pipeline: Any, limits: Limits, token: str | None = None) -> FastA
     async def bundle_info() -> dict[str, Any]:
         """The bundle's manifest meta (file list left out), its hash and the service limits."""
         return {**meta, "backend": pipeline.backend, "active_precision": pipeline.precision,
-                "limits": {"max_body_bytes": limits.max_body, "max_pixels": limits.max_pixels,
-                           "concurrency": limits.concurrency, "queue": limits.queue,
-                           "token": token is not None}}
+                "limits": {**limits.as_dict(), "token": token is not None}}
 
     app.state.metrics = metrics
     return app
@@ -311,13 +346,18 @@ def serve_cli(argv: Sequence[str] | None = None, prog: str = "runtime.serve") ->
     ap.add_argument("--max-megapixels", type=float, default=40.0, help="largest image (40)")
     ap.add_argument("--concurrency", type=int, default=1, help="predictions at once (1)")
     ap.add_argument("--queue", type=int, default=8, help="requests waiting beyond those (8)")
+    ap.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                    help="seconds a request's line and headers may take to arrive (10)")
+    ap.add_argument("--body-timeout", type=float, default=60.0, metavar="S",
+                    help="seconds a request's body may take to arrive (60)")
     ap.add_argument("--precision", help="candidate precision (default: the bundle's active one)")
     ap.add_argument("--threads", type=int, help="intra-op threads (default: the manifest's)")
     ap.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle")
     ap.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = ap.parse_args(list(argv) if argv is not None else None)
     try:
-        limits = Limits(args.max_body_mb, args.max_megapixels, args.concurrency, args.queue)
+        limits = Limits(args.max_body_mb, args.max_megapixels, args.concurrency, args.queue,
+                        args.header_timeout, args.body_timeout)
     except ValueError as exc:
         print(f"runtime.serve: {exc}", file=sys.stderr)
         return 2
@@ -343,8 +383,13 @@ def serve_cli(argv: Sequence[str] | None = None, prog: str = "runtime.serve") ->
     import uvicorn
 
     app = create_app(pipeline, limits, token)
+    metrics: Metrics = app.state.metrics
+    # h11 pinned (not httptools when installed): the guards are written and tested against it
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                server_header=False, proxy_headers=False)
+                server_header=False, proxy_headers=False,
+                http=guarded_h11(limits.header_timeout_s, lambda: metrics.error("header_timeout")),
+                h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+                timeout_keep_alive=limits.keep_alive_s, limit_concurrency=limits.max_connections)
     return 0
 
 

@@ -367,7 +367,9 @@ def test_503_when_too_many_requests_are_in_progress(busy_server, plate_png):
     while (status := busy_server.request("POST", "/ocr", plate_png, {"Content-Type": "image/png"})[0]) != 200:
         assert status == 503 and time.monotonic() < deadline, status
         time.sleep(0.05)
-    assert busy_server.metrics()['ocr_request_errors_total{reason="busy"}'] >= 1
+    m = busy_server.metrics()
+    assert m['ocr_request_errors_total{reason="busy"}'] >= 1
+    assert m['ocr_request_errors_total{reason="disconnected"}'] >= 1  # the holders went away
     assert "Traceback" not in busy_server.log.getvalue(), busy_server.log.getvalue()[-3000:]
 
 

@@ -3,15 +3,17 @@
 Runs on the device from the bundle directory (``cd current && python -m runtime.serve``) or on
 the build host as ``recipe serve --bundle DIR``.  Besides the runtime's own dependencies it
 needs FastAPI, uvicorn and python-multipart, which devices install only when they serve
-(``requirements-serve.txt`` in the bundle); nothing else of the runtime imports this module.
+(``requirements-serve.txt`` in the bundle); nothing else of the runtime imports the serve*
+modules.
 
-Endpoints (OpenAPI page at ``/docs``):
+Endpoints (``GET /`` is a page for people, serve_page.py; the API is at ``/openapi.json``):
 
 - ``POST /ocr``: a multipart form with the image in field ``file``, or the raw image bytes with
   ``Content-Type: image/*`` (``?name=`` names it) -> ``{"image", "lines": [{"points", "text",
   "score", "box_score"}], "latency_ms"}``, the object ``recipe predict --json`` prints per image.
 - ``GET /healthz`` (never needs the token: liveness probes carry no secrets),
-  ``GET /metrics`` (Prometheus text format), ``GET /info`` (manifest meta + bundle hash).
+  ``GET /metrics`` (Prometheus text format), ``GET /info`` (manifest meta, release, the
+  active models' sha256, every limit below).
 
 Why each limit exists, since a device has little memory and is often reachable by others:
 
@@ -31,7 +33,8 @@ Why each limit exists, since a device has little memory and is often reachable b
   /ocr requests are in progress at all (reading a body counts), so that many bodies of at
   most ``--max-body-mb`` bound the memory uploads take; more get 503 before a byte is read;
   four times that many open connections get uvicorn's 503;
-- authentication: with ``--token-env VAR`` every endpoint but ``/healthz`` and the docs needs
+- authentication: with ``--token-env VAR`` every endpoint but ``/healthz``, the page's files
+  and ``/openapi.json`` needs
   ``Authorization: Bearer <$VAR>`` (compared in constant time).  The token comes from the
   environment only (systemd ``EnvironmentFile=``), never from a file in the recipe, and is
   never logged.  The default bind address is 127.0.0.1; any other address is explicit and
@@ -61,12 +64,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .serve_http import MAX_HEADER_BYTES, BodyRefused, HttpGuard, guarded_h11
 from .serve_images import ImageRejected, check_image, decode_image, image_size
 from .serve_metrics import Metrics
+from .serve_page import PAGE_PATHS, add_page
 
 __all__ = ["Limits", "Metrics", "create_app", "image_size", "serve_cli"]
 
 log = logging.getLogger("runtime.serve")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
-_OPEN_PATHS = ("/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
+_OPEN_PATHS = ("/healthz", "/openapi.json", "/docs", "/redoc", *PAGE_PATHS)
 MB = 1024 * 1024
 
 
@@ -230,7 +234,14 @@ def create_app(pipeline: Any, limits: Limits, token: str | None = None) -> FastA
     admitted = [0]  # /ocr requests running or waiting for a slot
     app = FastAPI(title="OCR recipe bundle", version=str(manifest["bundle_hash"])[:12],
                   description=f"Reads text with bundle {manifest['bundle_hash'][:12]} "
-                              f"({manifest.get('target')}, {pipeline.precision}).")
+                              f"({manifest.get('target')}, {pipeline.precision}). "
+                              "A page for people is at /.",
+                  docs_url=None, redoc_url=None)  # Swagger UI needs a CDN: see serve_page.py
+    add_page(app)
+    # the model files the active precision runs, by content hash: the model versions
+    active = manifest.get("candidates", {}).get(pipeline.precision, {})
+    models = {name: {"file": rel, "sha256": manifest["files"].get(rel)}
+              for name, rel in sorted(active.items())}
 
     app.add_middleware(_Observe, metrics=metrics, token=token, max_active=limits.max_active)
 
@@ -319,8 +330,10 @@ def create_app(pipeline: Any, limits: Limits, token: str | None = None) -> FastA
 
     @app.get("/info")
     async def bundle_info() -> dict[str, Any]:
-        """The bundle's manifest meta (file list left out), its hash and the service limits."""
+        """The bundle's manifest meta (file list left out), its hash (the release name on a
+        device), the active models' hashes and the service limits."""
         return {**meta, "backend": pipeline.backend, "active_precision": pipeline.precision,
+                "release": str(manifest["bundle_hash"])[:12], "models": models,
                 "limits": {**limits.as_dict(), "token": token is not None}}
 
     app.state.metrics = metrics

@@ -13,7 +13,7 @@ __all__ = ["KNOWN_PATHS", "LATENCY_BUCKETS", "Histogram", "Metrics"]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: paths counted under their own label; anything else is counted as "other" (bounded labels)
-KNOWN_PATHS = ("/ocr", "/healthz", "/metrics", "/info")
+KNOWN_PATHS = ("/ocr", "/healthz", "/metrics", "/info", "/")
 
 
 def _escape(label_value: str) -> str:

@@ -127,10 +127,11 @@ def _assert_only_the_device(urls: list[str], port: int) -> None:
         assert url.startswith("data:") or (parts.scheme == "http" and parts.netloc == f"127.0.0.1:{port}"), url
 
 
-def _upload(driver: Any, path: Path) -> None:
+def _upload(driver: Any, path: Path, picker: str = "file") -> None:
+    """As if the file were chosen in the picker ("file", or "camera": capture=environment)."""
     from selenium.webdriver.common.by import By
 
-    driver.find_element(By.ID, "file").send_keys(str(path))
+    driver.find_element(By.ID, picker).send_keys(str(path))
 
 
 def _screenshot(driver: Any, name: str) -> Path:
@@ -313,7 +314,8 @@ def test_page_asks_for_the_token_once_and_keeps_it_for_the_tab(browser, device_s
     _wait(browser, lambda d: "release" in _text(d, "#info"))
     assert not _visible(browser, "auth")
 
-    _upload(browser, photos["plate"])
+    assert browser.find_element("id", "camera").get_dom_attribute("capture") == "environment"
+    _upload(browser, photos["plate"], "camera")  # a phone would open its camera here
     _wait(browser, lambda d: len(_all(d, "#lines li")) == len(expected["lines"]))
     assert [i.find_element("css selector", ".text").text for i in _all(browser, "#lines li")] == [
         ln["text"] or "(no text)" for ln in expected["lines"]]

@@ -485,6 +485,8 @@ def test_bundle_serves_in_a_venv_without_torch(bundle, tmp_path, plate_png):
         status, _, raw = server.request("POST", "/ocr", plate_png, {"Content-Type": "image/png"})
         assert status == 200, raw
         assert "".join(line["text"] for line in json.loads(raw)["lines"]) == "BDCAA"
+        status, headers, raw = server.request("GET", "/")  # the page, from the bundle's copy
+        assert status == 200 and b"page.js" in raw and "default-src 'none'" in headers["content-security-policy"]
     finally:
         server.stop()
 

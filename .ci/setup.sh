@@ -9,6 +9,7 @@ APT_PACKAGES=(
   openssh-server openssh-client            # real sshd for the deploy tests (127.0.0.1 only)
   fonts-dejavu-core fonts-liberation2 fonts-freefont-ttf fonts-noto-mono   # synthetic data
   debootstrap qemu-user-static binfmt-support zstd debian-archive-keyring   # the emulated Raspberry Pi
+  chromium chromium-driver                 # a real headless browser for the device page's tests
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -328,6 +328,84 @@ def test_fifty_concurrent_requests_respect_the_bound(bundle, plate_png):
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def busy_server(bundle) -> Iterator[Server]:
+    """One prediction at a time and no queue, so a second image while one is read is refused."""
+    server = Server([sys.executable, "-m", "engine.runtime.serve", "--bundle", str(bundle),
+                     "--concurrency", "1", "--queue", "0"], cwd=ROOT, env=_clean_env())
+    yield server
+    server.stop()
+
+
+def test_503_when_too_many_requests_are_in_progress(busy_server, plate_png):
+    """2 x (concurrency + queue) + 8 = 10 uploads still sending their bodies hold every place;
+    the next /ocr request is answered 503 before a byte of its body is read, other endpoints
+    still answer, and once the uploads go away the service reads images again."""
+    max_active = json.loads(busy_server.request("GET", "/info")[2])["limits"]["max_active"]
+    assert max_active == 10
+    holders = []
+    try:
+        for _ in range(max_active):
+            sock = socket.create_connection(("127.0.0.1", busy_server.port), timeout=10)
+            sock.sendall(b"POST /ocr HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                         b"Content-Length: 100000\r\n\r\n\x89PNG\r\n\x1a\n")
+            holders.append(sock)
+        deadline = time.monotonic() + 10
+        while True:  # the last upload is in the app once the next one is refused
+            status, headers, raw = busy_server.request("POST", "/ocr", plate_png,
+                                                       {"Content-Type": "image/png"})
+            if status == 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert status == 503, raw
+        assert headers["retry-after"] == "1" and "too many requests in progress" in raw.decode()
+        assert busy_server.request("GET", "/healthz")[0] == 200
+    finally:
+        for sock in holders:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while (status := busy_server.request("POST", "/ocr", plate_png, {"Content-Type": "image/png"})[0]) != 200:
+        assert status == 503 and time.monotonic() < deadline, status
+        time.sleep(0.05)
+    m = busy_server.metrics()
+    assert m['ocr_request_errors_total{reason="busy"}'] >= 1
+    assert m['ocr_request_errors_total{reason="disconnected"}'] >= 1  # the holders went away
+    assert "Traceback" not in busy_server.log.getvalue(), busy_server.log.getvalue()[-3000:]
+
+
+def test_503_when_every_slot_and_the_queue_are_taken(busy_server, plate_png):
+    """While one large image (6000x6000, 115 KB as PNG, ~0.5 s to decode) is being read, a
+    second image finds the one slot taken and no queue: 503 with Retry-After, never a wait."""
+    big = _png(np.zeros((6000, 6000, 3), np.uint8))
+    refused = []
+    for _attempt in range(5):  # each attempt needs the second request inside the first's ~0.5 s
+        first: list[tuple[int, dict[str, str], bytes]] = []
+        thread = threading.Thread(target=lambda out=first: out.append(busy_server.request(
+            "POST", "/ocr?name=big.png", big, {"Content-Type": "image/png"})))
+        thread.start()
+        deadline = time.monotonic() + 30
+        while thread.is_alive() and time.monotonic() < deadline:
+            if busy_server.metrics()["ocr_inflight_predictions"] == 1:
+                status, headers, raw = busy_server.request("POST", "/ocr", plate_png,
+                                                           {"Content-Type": "image/png"})
+                if status == 503:
+                    refused.append((headers, json.loads(raw)))
+                else:
+                    assert status == 200, raw  # the big one finished first: try again
+                break
+            time.sleep(0.005)
+        thread.join(60)
+        assert first and first[0][0] == 200 and json.loads(first[0][2])["image"] == "big.png"
+        if refused:
+            break
+    assert refused, "no second request ever met the first one predicting"
+    headers, doc = refused[0]
+    assert headers["retry-after"] == "1" and doc["detail"] == "busy: all prediction slots and the queue are full"
+    m = busy_server.metrics()
+    assert m["ocr_queued_requests"] == 0 and m["ocr_inflight_predictions"] == 0
+    assert m['ocr_http_requests_total{method="POST",path="/ocr",code="503"}'] >= 1
+
+
 def test_startup_refusals_and_warnings(bundle):
     base = [sys.executable, "-m", "engine.runtime.serve", "--bundle", str(bundle)]
     run = subprocess.run([*base, "--token-env", "OCR_TEST_TOKEN"], cwd=ROOT, env=_clean_env(),
@@ -369,21 +447,23 @@ def test_bundle_ships_the_unit_and_separate_serve_requirements(bundle, tmp_path)
 
 
 def test_only_serve_imports_the_serving_packages():
-    """The rest of the runtime never imports serve.py (devices that only run runtime.check
-    have no FastAPI), and serve.py needs nothing beyond the runtime's packages and
-    requirements-serve.txt."""
+    """The rest of the runtime never imports the serve modules (devices that only run
+    runtime.check have no FastAPI), and serve*.py need nothing beyond the runtime's packages
+    and requirements-serve.txt."""
     runtime = ROOT / "engine" / "runtime"
     allowed = {"numpy", "onnxruntime", "cv2", "pyclipper", "fastapi", "starlette", "uvicorn"}
+    serving = {p.name for p in runtime.glob("serve*.py")}
+    assert {"serve.py", "serve_http.py", "serve_images.py", "serve_metrics.py"} <= serving
     for path in sorted(runtime.glob("*.py")):
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level:
-                assert path.name == "serve.py" or node.module != "serve", path.name
-            elif path.name == "serve.py" and isinstance(node, ast.Import | ast.ImportFrom):
+                assert path.name in serving or not (node.module or "").startswith("serve"), path.name
+            elif path.name in serving and isinstance(node, ast.Import | ast.ImportFrom):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
                 for name in names:
                     top = name.split(".")[0]
-                    assert top in allowed or top in sys.stdlib_module_names, name
+                    assert top in allowed or top in sys.stdlib_module_names or node.level, (path.name, name)
 
 
 @pytest.mark.slow
@@ -405,6 +485,8 @@ def test_bundle_serves_in_a_venv_without_torch(bundle, tmp_path, plate_png):
         status, _, raw = server.request("POST", "/ocr", plate_png, {"Content-Type": "image/png"})
         assert status == 200, raw
         assert "".join(line["text"] for line in json.loads(raw)["lines"]) == "BDCAA"
+        status, headers, raw = server.request("GET", "/")  # the page, from the bundle's copy
+        assert status == 200 and b"page.js" in raw and "default-src 'none'" in headers["content-security-policy"]
     finally:
         server.stop()
 

@@ -9,6 +9,7 @@ A bundle is everything a device needs to read text, and nothing that needs torch
       models/<precision>/detector.onnx   several candidates (precision "auto", or fp32 + fp16
       models/<precision>/recognizer.onnx   for TensorRT): one sub-directory per precision
       runtime/*.py                       a copy of engine/runtime (importable as ``runtime``)
+      runtime/page/                      the page runtime.serve shows at / (HTML, JS, CSS)
       requirements.txt                   numpy, onnxruntime, opencv-python-headless, pyclipper
       requirements-serve.txt             fastapi, uvicorn, python-multipart: only for runtime.serve
       ocr-recipe.service                 systemd unit template for runtime.serve (see its header)
@@ -87,6 +88,7 @@ _REQUIRED_KEYS = {
     "postprocess": ("thresh", "box_thresh", "unclip_ratio", "min_text_score"),
 }
 _RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
+_RUNTIME_SUFFIXES = (".py", ".html", ".js", ".css")
 _SERVICE_UNIT = Path(__file__).resolve().parent / "ocr-recipe.service"
 #: the HTTP service's extra packages; a separate file, so a device that only runs
 #: runtime.check / runtime.predict never installs them
@@ -191,9 +193,10 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 def _copy_runtime(dst: Path) -> None:
-    for src in sorted(_RUNTIME_DIR.rglob("*.py")):
+    """engine/runtime's modules and the device page's files (runtime/page/: HTML, JS, CSS)."""
+    for src in sorted(_RUNTIME_DIR.rglob("*")):
         rel = src.relative_to(_RUNTIME_DIR)
-        if "__pycache__" not in rel.parts:
+        if src.is_file() and src.suffix in _RUNTIME_SUFFIXES and "__pycache__" not in rel.parts:
             _copy(src, dst / rel)
 
 

@@ -3,30 +3,38 @@
 Runs on the device from the bundle directory (``cd current && python -m runtime.serve``) or on
 the build host as ``recipe serve --bundle DIR``.  Besides the runtime's own dependencies it
 needs FastAPI, uvicorn and python-multipart, which devices install only when they serve
-(``requirements-serve.txt`` in the bundle); nothing else of the runtime imports this module.
+(``requirements-serve.txt`` in the bundle); nothing else of the runtime imports the serve*
+modules.
 
-Endpoints (OpenAPI page at ``/docs``):
+Endpoints (``GET /`` is a page for people, serve_page.py; the API is at ``/openapi.json``):
 
 - ``POST /ocr``: a multipart form with the image in field ``file``, or the raw image bytes with
   ``Content-Type: image/*`` (``?name=`` names it) -> ``{"image", "lines": [{"points", "text",
   "score", "box_score"}], "latency_ms"}``, the object ``recipe predict --json`` prints per image.
 - ``GET /healthz`` (never needs the token: liveness probes carry no secrets),
-  ``GET /metrics`` (Prometheus text format), ``GET /info`` (manifest meta + bundle hash).
+  ``GET /metrics`` (Prometheus text format), ``GET /info`` (manifest meta, release, the
+  active models' sha256, every limit below).
 
 Why each limit exists, since a device has little memory and is often reachable by others:
 
 - body size: ``Content-Length`` above ``--max-body-mb`` is refused before a byte is read (413),
   and bytes are counted while reading, so a chunked upload without a length is bounded too;
+  the refused body is drained for a bounded time so the client reads the 413 instead of a
+  connection reset (serve_http.py);
+- slow clients: request headers must arrive within ``--header-timeout`` and a body within
+  ``--body-timeout`` (408), so a client sending a byte at a time is cut off (serve_http.py);
 - decompression bombs: a 100 KB PNG can claim 30000x30000 pixels (2.7 GB decoded).  The
-  header is parsed here (PNG, JPEG, BMP, WebP; other formats are refused with 415) and images
-  above ``--max-megapixels`` get 413 before OpenCV allocates anything; OpenCV's own
-  ``OPENCV_IO_MAX_IMAGE_PIXELS`` is set to the same limit as a second guard;
+  header is parsed first (serve_images.py: PNG, JPEG, BMP, WebP; other formats are refused
+  with 415) and images above ``--max-megapixels`` get 413 before OpenCV allocates anything;
+  OpenCV's own ``OPENCV_IO_MAX_IMAGE_PIXELS`` is set to the same limit as a second guard;
 - concurrency: at most ``--concurrency`` predictions run at once (a semaphore in front of a
   thread pool of that size); up to ``--queue`` more wait, further requests get 503 with
   ``Retry-After`` instead of piling up memory.  At most ``2 x (concurrency + queue) + 8``
   /ocr requests are in progress at all (reading a body counts), so that many bodies of at
   most ``--max-body-mb`` bound the memory uploads take; more get 503 before a byte is read;
-- authentication: with ``--token-env VAR`` every endpoint but ``/healthz`` and the docs needs
+  four times that many open connections get uvicorn's 503;
+- authentication: with ``--token-env VAR`` every endpoint but ``/healthz``, the page's files
+  and ``/openapi.json`` needs
   ``Authorization: Bearer <$VAR>`` (compared in constant time).  The token comes from the
   environment only (systemd ``EnvironmentFile=``), never from a file in the recipe, and is
   never logged.  The default bind address is 127.0.0.1; any other address is explicit and
@@ -40,11 +48,8 @@ import asyncio
 import hmac
 import logging
 import os
-import struct
 import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -53,15 +58,19 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .serve_http import MAX_HEADER_BYTES, BodyRefused, HttpGuard, guarded_h11
+from .serve_images import ImageRejected, check_image, decode_image, image_size
+from .serve_metrics import Metrics
+from .serve_page import PAGE_PATHS, add_page
 
 __all__ = ["Limits", "Metrics", "create_app", "image_size", "serve_cli"]
 
 log = logging.getLogger("runtime.serve")
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
-_OPEN_PATHS = ("/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
-_KNOWN_PATHS = ("/ocr", "/healthz", "/metrics", "/info")
+_OPEN_PATHS = ("/healthz", "/openapi.json", "/docs", "/redoc", *PAGE_PATHS)
 MB = 1024 * 1024
 
 
@@ -69,219 +78,37 @@ class Limits:
     """The service's bounds (see the module docstring for why each exists)."""
 
     def __init__(self, max_body_mb: float = 20.0, max_megapixels: float = 40.0,
-                 concurrency: int = 1, queue: int = 8):
+                 concurrency: int = 1, queue: int = 8, header_timeout_s: float = 10.0,
+                 body_timeout_s: float = 60.0):
         if max_body_mb <= 0 or max_megapixels <= 0 or concurrency < 1 or queue < 0:
             raise ValueError("max-body-mb and max-megapixels must be > 0, concurrency >= 1, "
                              "queue >= 0")
+        if header_timeout_s <= 0 or body_timeout_s <= 0:
+            raise ValueError("header-timeout and body-timeout must be > 0")
         self.max_body = int(max_body_mb * MB)
         self.max_pixels = int(max_megapixels * 1_000_000)
         self.concurrency = int(concurrency)
         self.queue = int(queue)
+        # /ocr requests in progress at all (reading a body counts): bounds upload memory
+        self.max_active = 2 * (self.concurrency + self.queue) + 8
+        # open connections beyond this get uvicorn's 503 before any app code runs
+        self.max_connections = 4 * self.max_active
+        self.header_timeout_s = float(header_timeout_s)
+        self.body_timeout_s = float(body_timeout_s)
+        self.keep_alive_s = 5  # uvicorn's timeout_keep_alive: an idle kept-alive connection
+        # a refused body is read and thrown away (so the client sees the answer, not a reset)
+        # for no longer than an accepted one may take, and at most 10 s and 4 x max_body
+        self.linger_s = min(10.0, self.body_timeout_s)
+        self.drain_bytes = 4 * self.max_body
 
-
-# ------------------------------------------------------------------------------ images
-
-
-class ImageRejected(Exception):
-    """An upload that is not decoded: ``status`` is the HTTP answer (400, 413 or 415)."""
-
-    def __init__(self, status: int, message: str):
-        self.status = status
-        super().__init__(message)
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from the first SOFn segment; markers are walked, nothing is decoded."""
-    sof = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-    i, n = 2, len(data)
-    while i + 1 < n:
-        if data[i] != 0xFF:
-            raise ImageRejected(400, "JPEG header is corrupt (marker expected)")
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length field
-            i += 2
-            continue
-        if marker in (0xD9, 0xDA):
-            break
-        if i + 4 > n:
-            break
-        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
-        if marker in sof:
-            if i + 9 > n:
-                break
-            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            if height == 0 or width == 0:
-                raise ImageRejected(400, "JPEG header gives no image size")
-            return width, height
-        i += 2 + length
-    raise ImageRejected(400, "JPEG header is truncated or has no frame (SOF) segment")
-
-
-def _webp_size(data: bytes) -> tuple[int, int]:
-    chunk = data[12:16]
-    if chunk == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":
-        w, h = struct.unpack("<HH", data[26:30])
-        return w & 0x3FFF, h & 0x3FFF
-    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
-        bits = int.from_bytes(data[21:25], "little")
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    if chunk == b"VP8X" and len(data) >= 30:
-        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
-    raise ImageRejected(400, "WebP header is truncated or of an unknown kind")
-
-
-def image_size(data: bytes) -> tuple[str, int, int]:
-    """(format, width, height) read from the header alone.
-
-    Raises ImageRejected: 415 for image formats this service does not decode (their size cannot
-    be bounded before decoding), 400 for bytes that are no image or a broken header.
-    """
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        if len(data) < 24 or data[12:16] != b"IHDR":
-            raise ImageRejected(400, "PNG header is truncated (no IHDR chunk)")
-        w, h = struct.unpack(">II", data[16:24])
-        return "png", w, h
-    if data.startswith(b"\xff\xd8"):
-        return ("jpeg", *_jpeg_size(data))
-    if data.startswith(b"BM") and len(data) >= 26:
-        (dib,) = struct.unpack("<I", data[14:18])
-        if dib == 12:
-            w, h = struct.unpack("<HH", data[18:22])
-        else:
-            w, h = struct.unpack("<ii", data[18:26])
-        return "bmp", abs(w), abs(h)
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return ("webp", *_webp_size(data))
-    for magic, name in ((b"GIF8", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
-                        (b"\x00\x00\x00\x0cjP", "JPEG 2000")):
-        if data.startswith(magic):
-            raise ImageRejected(415, f"{name} images are not accepted; send PNG, JPEG, BMP or WebP")
-    raise ImageRejected(400, "the body is not a PNG, JPEG, BMP or WebP image")
-
-
-def check_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
-    """image_size, plus the pixel bound: a decompression bomb is refused with 413."""
-    fmt, w, h = image_size(data)
-    if w <= 0 or h <= 0:
-        raise ImageRejected(400, f"{fmt.upper()} header gives an empty image ({w}x{h})")
-    if w * h > max_pixels:
-        raise ImageRejected(413, f"image is {w}x{h} = {w * h / 1e6:.1f} megapixels, more than the "
-                                 f"limit of {max_pixels / 1e6:g} (--max-megapixels)")
-    return fmt, w, h
-
-
-def decode_image(data: bytes) -> Any:
-    """RGB uint8, stored pixel order (EXIF ignored), as pipeline.load_image reads files."""
-    import cv2
-    import numpy as np
-
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if img is None:
-        raise ImageRejected(400, "cannot decode the image (corrupt or truncated data)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-# ------------------------------------------------------------------------------ metrics
-
-
-def _escape(label_value: str) -> str:
-    """A Prometheus label value: backslash, double quote and newline escaped."""
-    return label_value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-class Histogram:
-    """Cumulative-bucket histogram as Prometheus expects (``le`` upper bounds, +Inf last)."""
-
-    def __init__(self, buckets: Sequence[float] = LATENCY_BUCKETS):
-        self.buckets = tuple(buckets)
-        self.counts = [0] * (len(self.buckets) + 1)
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        for k, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[k] += 1
-                break
-        else:
-            self.counts[-1] += 1
-        self.total += value
-
-    def render(self, name: str) -> list[str]:
-        lines, cum = [], 0
-        for bound, count in zip(self.buckets, self.counts[:-1], strict=True):
-            cum += count
-            lines.append(f'{name}_bucket{{le="{bound:g}"}} {cum}')
-        cum += self.counts[-1]
-        lines += [f'{name}_bucket{{le="+Inf"}} {cum}', f"{name}_sum {self.total:.6f}",
-                  f"{name}_count {cum}"]
-        return lines
-
-
-class Metrics:
-    """Counters and gauges of one server process, rendered by hand in the Prometheus text
-    format (no client library on devices).  Updated from the event loop and from inference
-    threads, hence the lock."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.requests: Counter[tuple[str, str, int]] = Counter()
-        self.errors: Counter[str] = Counter()
-        self.request_seconds = Histogram()
-        self.inference_seconds = Histogram()
-        self.inflight = 0
-        self.inflight_max = 0
-        self.queued = 0
-        self.started = time.time()
-
-    def request(self, method: str, path: str, status: int, seconds: float) -> None:
-        path = path if path in _KNOWN_PATHS else "other"
-        with self.lock:
-            self.requests[(method, path, status)] += 1
-            if path == "/ocr":
-                self.request_seconds.observe(seconds)
-
-    def error(self, reason: str) -> None:
-        with self.lock:
-            self.errors[reason] += 1
-
-    def render(self, limits: Limits, info: dict[str, str]) -> str:
-        out: list[str] = []
-
-        def metric(name: str, kind: str, help_: str, samples: list[str]) -> None:
-            out.extend([f"# HELP {name} {help_}", f"# TYPE {name} {kind}", *samples])
-
-        with self.lock:
-            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(info.items()))
-            metric("ocr_build_info", "gauge", "Bundle served by this process.", [f"ocr_build_info{{{labels}}} 1"])
-            metric("ocr_http_requests_total", "counter", "HTTP requests by method, path and status code.",
-                   [f'ocr_http_requests_total{{method="{m}",path="{p}",code="{c}"}} {n}'
-                    for (m, p, c), n in sorted(self.requests.items())])
-            metric("ocr_request_errors_total", "counter", "Rejected or failed /ocr requests by reason.",
-                   [f'ocr_request_errors_total{{reason="{r}"}} {n}' for r, n in sorted(self.errors.items())])
-            metric("ocr_request_duration_seconds", "histogram",
-                   "Wall time of POST /ocr requests, any status, queueing included.",
-                   self.request_seconds.render("ocr_request_duration_seconds"))
-            metric("ocr_inference_duration_seconds", "histogram",
-                   "Decode + detector + recognizer time of one image.",
-                   self.inference_seconds.render("ocr_inference_duration_seconds"))
-            metric("ocr_inflight_predictions", "gauge", "Predictions running now.",
-                   [f"ocr_inflight_predictions {self.inflight}"])
-            metric("ocr_inflight_predictions_max", "gauge",
-                   "Most predictions that ran at the same time since start.",
-                   [f"ocr_inflight_predictions_max {self.inflight_max}"])
-            metric("ocr_queued_requests", "gauge", "Requests admitted and waiting for a slot.",
-                   [f"ocr_queued_requests {self.queued}"])
-            metric("ocr_concurrency_limit", "gauge", "--concurrency", [f"ocr_concurrency_limit {limits.concurrency}"])
-            metric("ocr_queue_limit", "gauge", "--queue", [f"ocr_queue_limit {limits.queue}"])
-            metric("process_start_time_seconds", "gauge", "Start time, seconds since the epoch.",
-                   [f"process_start_time_seconds {self.started:.3f}"])
-        return "\n".join(out) + "\n"
-
-
-# ------------------------------------------------------------------------------ the app
+    def as_dict(self) -> dict[str, Any]:
+        """What /info reports (sizes in bytes, times in seconds)."""
+        return {"max_body_bytes": self.max_body, "max_pixels": self.max_pixels,
+                "concurrency": self.concurrency, "queue": self.queue,
+                "max_active": self.max_active, "max_connections": self.max_connections,
+                "max_header_bytes": MAX_HEADER_BYTES, "header_timeout_s": self.header_timeout_s,
+                "body_timeout_s": self.body_timeout_s, "keep_alive_s": self.keep_alive_s,
+                "linger_s": self.linger_s, "drain_bytes": self.drain_bytes}
 
 
 _OCR_BODY = {
@@ -302,22 +129,18 @@ _OCR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) a declared or actual size above ``limit``."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.strip().isdigit():
-            raise HTTPException(400, "invalid Content-Length")
-        if int(declared) > limit:
-            raise HTTPException(413, f"body of {int(declared)} bytes is over the limit of {limit} "
-                                     "bytes (--max-body-mb)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"body is over the limit of {limit} bytes (--max-body-mb)")
-        chunks.append(chunk)
-    return b"".join(chunks)
+class _Disconnected(HTTPException):
+    """The client went away while its body was read."""
+
+
+async def _read_body(request: Request) -> bytes:
+    """The request body; its size and arrival time are bounded by serve_http.HttpGuard, which
+    raises BodyRefused (413, 408) from the stream.  A client that goes away mid-upload is a
+    400 nobody receives (counted as "disconnected"), not a traceback in the device's log."""
+    try:
+        return b"".join([chunk async for chunk in request.stream()])
+    except ClientDisconnect:
+        raise _Disconnected(400, "the client disconnected during the upload") from None
 
 
 async def _multipart_file(request: Request, body: bytes) -> tuple[bytes, str]:
@@ -390,8 +213,13 @@ class _Observe:
                     self.active -= 1
             else:
                 await self.app(scope, receive, send_status)
+        except BodyRefused:
+            status[0] = 0  # answered and counted by HttpGuard
+            raise
         finally:
-            self.metrics.request(scope["method"], scope["path"], status[0], time.perf_counter() - t0)
+            if status[0]:
+                self.metrics.request(scope["method"], scope["path"], status[0],
+                                     time.perf_counter() - t0)
 
 
 def create_app(pipeline: Any, limits: Limits, token: str | None = None) -> FastAPI:
@@ -406,10 +234,25 @@ def create_app(pipeline: Any, limits: Limits, token: str | None = None) -> FastA
     admitted = [0]  # /ocr requests running or waiting for a slot
     app = FastAPI(title="OCR recipe bundle", version=str(manifest["bundle_hash"])[:12],
                   description=f"Reads text with bundle {manifest['bundle_hash'][:12]} "
-                              f"({manifest.get('target')}, {pipeline.precision}).")
+                              f"({manifest.get('target')}, {pipeline.precision}). "
+                              "A page for people is at /.",
+                  docs_url=None, redoc_url=None)  # Swagger UI needs a CDN: see serve_page.py
+    add_page(app)
+    # the model files the active precision runs, by content hash: the model versions
+    active = manifest.get("candidates", {}).get(pipeline.precision, {})
+    models = {name: {"file": rel, "sha256": manifest["files"].get(rel)}
+              for name, rel in sorted(active.items())}
 
-    app.add_middleware(_Observe, metrics=metrics, token=token,
-                       max_active=2 * (limits.concurrency + limits.queue) + 8)
+    app.add_middleware(_Observe, metrics=metrics, token=token, max_active=limits.max_active)
+
+    def refused(reason: str, status: int, method: str, path: str, seconds: float) -> None:
+        metrics.error(reason)
+        metrics.request(method, path, status, seconds)
+
+    # added last, so outermost: it sees every answer, the token check's and the 503s included
+    app.add_middleware(HttpGuard, max_body=limits.max_body, drain_bytes=limits.drain_bytes,
+                       linger_s=limits.linger_s, body_timeout_s=limits.body_timeout_s,
+                       on_refused=refused)
 
     def infer(data: bytes) -> tuple[list[dict[str, Any]], float]:
         with metrics.lock:
@@ -432,7 +275,7 @@ def create_app(pipeline: Any, limits: Limits, token: str | None = None) -> FastA
             if ctype != "multipart/form-data" and not ctype.startswith("image/"):
                 raise HTTPException(415, f"Content-Type {ctype or '(none)'!r}: send multipart/"
                                          "form-data with a 'file' field, or image/* bytes")
-            body = await _read_body(request, limits.max_body)
+            body = await _read_body(request)
             if ctype == "multipart/form-data":
                 data, name = await _multipart_file(request, body)
             else:
@@ -445,7 +288,8 @@ def create_app(pipeline: Any, limits: Limits, token: str | None = None) -> FastA
                 raise HTTPException(503, "busy: all prediction slots and the queue are full",
                                     headers={"Retry-After": "1"})
         except HTTPException as exc:
-            metrics.error({400: "bad_request", 413: "too_large", 415: "unsupported_media_type",
+            metrics.error("disconnected" if isinstance(exc, _Disconnected) else
+                          {400: "bad_request", 413: "too_large", 415: "unsupported_media_type",
                            503: "busy"}.get(exc.status_code, str(exc.status_code)))
             raise
         admitted[0] += 1
@@ -486,11 +330,11 @@ def create_app(pipeline: Any, limits: Limits, token: str | None = None) -> FastA
 
     @app.get("/info")
     async def bundle_info() -> dict[str, Any]:
-        """The bundle's manifest meta (file list left out), its hash and the service limits."""
+        """The bundle's manifest meta (file list left out), its hash (the release name on a
+        device), the active models' hashes and the service limits."""
         return {**meta, "backend": pipeline.backend, "active_precision": pipeline.precision,
-                "limits": {"max_body_bytes": limits.max_body, "max_pixels": limits.max_pixels,
-                           "concurrency": limits.concurrency, "queue": limits.queue,
-                           "token": token is not None}}
+                "release": str(manifest["bundle_hash"])[:12], "models": models,
+                "limits": {**limits.as_dict(), "token": token is not None}}
 
     app.state.metrics = metrics
     return app
@@ -515,13 +359,18 @@ def serve_cli(argv: Sequence[str] | None = None, prog: str = "runtime.serve") ->
     ap.add_argument("--max-megapixels", type=float, default=40.0, help="largest image (40)")
     ap.add_argument("--concurrency", type=int, default=1, help="predictions at once (1)")
     ap.add_argument("--queue", type=int, default=8, help="requests waiting beyond those (8)")
+    ap.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                    help="seconds a request's line and headers may take to arrive (10)")
+    ap.add_argument("--body-timeout", type=float, default=60.0, metavar="S",
+                    help="seconds a request's body may take to arrive (60)")
     ap.add_argument("--precision", help="candidate precision (default: the bundle's active one)")
     ap.add_argument("--threads", type=int, help="intra-op threads (default: the manifest's)")
     ap.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle")
     ap.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = ap.parse_args(list(argv) if argv is not None else None)
     try:
-        limits = Limits(args.max_body_mb, args.max_megapixels, args.concurrency, args.queue)
+        limits = Limits(args.max_body_mb, args.max_megapixels, args.concurrency, args.queue,
+                        args.header_timeout, args.body_timeout)
     except ValueError as exc:
         print(f"runtime.serve: {exc}", file=sys.stderr)
         return 2
@@ -547,8 +396,13 @@ def serve_cli(argv: Sequence[str] | None = None, prog: str = "runtime.serve") ->
     import uvicorn
 
     app = create_app(pipeline, limits, token)
+    metrics: Metrics = app.state.metrics
+    # h11 pinned (not httptools when installed): the guards are written and tested against it
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                server_header=False, proxy_headers=False)
+                server_header=False, proxy_headers=False,
+                http=guarded_h11(limits.header_timeout_s, lambda: metrics.error("header_timeout")),
+                h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+                timeout_keep_alive=limits.keep_alive_s, limit_concurrency=limits.max_connections)
     return 0
 
 

@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import MAX_DIAGNOSTICS, MAX_YAML_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, ConfigError
+from engine.config import (
+    MAX_DIAGNOSTICS,
+    MAX_YAML_BYTES,
+    MAX_YAML_DEPTH,
+    MAX_YAML_NODES,
+    ConfigError,
+)
 from engine.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -387,23 +387,28 @@ class LoadedRecipe:
     overrides: list[str] = field(default_factory=list)
 
 
+def _set_name(text: str) -> str:
+    """How diagnostics name a ``--set``: as typed, with the middle of a very long one elided."""
+    return f"--set {text}" if len(text) <= 160 else f"--set {text[:100]}…{text[-40:]}"
+
+
 def parse_override(text: str) -> tuple[list[str | int], Any]:
     """``train.epochs=5`` -> (['train', 'epochs'], 5); the value is parsed as YAML (typed)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError([Diagnostic(f"--set {text}", 0, 0, "(set)", "expected KEY.PATH=VALUE")])
+        raise ConfigError([Diagnostic(_set_name(text), 0, 0, "(set)", "expected KEY.PATH=VALUE")])
     parts: list[str | int] = []
     pieces = key.strip().split(".")
     if len(pieces) > MAX_YAML_DEPTH:
         msg = f"a key path of {len(pieces):,} parts is deeper than {MAX_YAML_DEPTH} levels"
-        raise ConfigError([Diagnostic(f"--set {text:.80}", 0, 0, "(set)", msg)])
+        raise ConfigError([Diagnostic(_set_name(text), 0, 0, "(set)", msg)])
     for piece in pieces:
         if not piece:
-            raise ConfigError([Diagnostic(f"--set {text}", 0, 0, key, "empty key in path")])
+            raise ConfigError([Diagnostic(_set_name(text), 0, 0, key, "empty key in path")])
         # an index is a few ASCII digits; '²' is a digit to str.isdigit but not to int()
         index = piece.isascii() and piece.isdigit() and len(piece) <= 9
         parts.append(int(piece) if index else piece)
-    value = load_yaml(raw, f"--set {text}") if raw.strip() else ""
+    value = load_yaml(raw, _set_name(text)) if raw.strip() else ""
     return parts, value
 
 
@@ -418,7 +423,7 @@ def apply_overrides(doc: Any, overrides: Sequence[str]) -> dict[str, str]:
             if isinstance(node, CommentedSeq | list) and isinstance(part, int):
                 if part >= len(node):
                     msg = f"index {part} is past the end of the list ({len(node)} items)"
-                    raise ConfigError([Diagnostic(f"--set {text}", 0, 0, str(parts[0]), msg)])
+                    raise ConfigError([Diagnostic(_set_name(text), 0, 0, str(parts[0]), msg)])
                 if last:
                     node[part] = value
                 else:
@@ -433,9 +438,9 @@ def apply_overrides(doc: Any, overrides: Sequence[str]) -> dict[str, str]:
             else:
                 where = dotted(tuple(parts[: i + 1] if isinstance(node, dict) else parts[:i]))
                 raise ConfigError(
-                    [Diagnostic(f"--set {text}", 0, 0, where, "is not a mapping; cannot set a key in it")]
+                    [Diagnostic(_set_name(text), 0, 0, where, "is not a mapping; cannot set a key in it")]
                 )
-        located[dotted(tuple(parts))] = text
+        located[dotted(tuple(parts))] = text if len(text) <= 160 else f"{text[:100]}…{text[-40:]}"
     return located
 
 

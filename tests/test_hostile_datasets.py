@@ -317,7 +317,7 @@ def test_labelimg_never_loads_an_external_dtd(tmp_path):
 @pytest.mark.parametrize("fmt,text,line", [
     ("labelstudio", '[{"id": 1},\n' + "[" * 100_000 + "]" * 100_000 + "]", 2),
     ("ppocrlabel", "plate_1.jpg\t" + "[" * 100_000 + "]" * 100_000 + "\n", 1),
-])
+], ids=["labelstudio", "ppocrlabel"])
 def test_json_nested_past_the_decoder_is_a_located_problem(tmp_path, fmt, text, line):
     root, label, _ = example(fmt, tmp_path)
     label.write_text(text)

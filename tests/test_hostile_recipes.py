@@ -183,6 +183,7 @@ def test_hostile_set_values_are_refused_like_the_file(tmp_path, sets, expected):
     lines = _refused(tmp_path, BASE, sets)
     assert time.monotonic() - started < WALL_BOUND_S
     assert len(lines) == 1 and lines[0].startswith("--set ") and expected in lines[0], lines
+    assert len(lines[0]) < 400  # a 256 KiB value is not echoed back whole
 
 
 def test_a_hostile_profile_names_its_own_file(tmp_path):

@@ -47,7 +47,10 @@ def human_bytes(n: int) -> str:
 
 def describe_excess(limit: int, size: int | None) -> str:
     """``larger than the limit of 1 MiB (20 MiB)``, or ``(a stream that did not end ...)``."""
-    got = human_bytes(size) if size is not None else f"a stream, stopped reading at {human_bytes(limit)} + 1 byte"
+    if size is None:
+        got = f"a stream, stopped reading at {human_bytes(limit)} + 1 byte"
+    else:  # exact bytes where rounding would make the two look equal
+        got = human_bytes(size) if human_bytes(size) != human_bytes(limit) else f"{size:,} bytes"
     return f"larger than the limit of {human_bytes(limit)} ({got})"
 
 

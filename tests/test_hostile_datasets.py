@@ -83,7 +83,7 @@ def test_label_file_over_its_size_bound_is_refused_unread(tmp_path, fmt):
         fh.truncate(limit + 1)
     p = the_problem(problems_of(fmt, root), "label file is larger than the limit")
     assert Path(p.file) == label and p.line is None
-    assert f"({limit / (1 << 20):g} MiB)" in p.message
+    assert f"larger than the limit of {limit >> 20} MiB ({limit + 1:,} bytes)" in p.message
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -129,7 +129,7 @@ def test_a_file_just_over_the_size_bound_is_refused_and_one_at_it_is_read(tmp_pa
     assert load_recipe(tmp_path / "at.yaml").recipe.name == "demo"
     (tmp_path / "over.yaml").write_text(at + "\n")
     with pytest.raises(ConfigError, match=r"over.yaml:1:1: error: file: the file is larger than "
-                                          r"the limit of 256 KiB \(256 KiB\)"):
+                                          r"the limit of 256 KiB \(262,145 bytes\)"):
         load_recipe(tmp_path / "over.yaml")
 
 
@@ -196,7 +196,7 @@ def test_a_hostile_profile_names_its_own_file(tmp_path):
         f"{profiles / 'bomb.yaml'}:6:8: error: yaml: aliases expand the document past 10,000 "
         "nodes (alias *d adds 7,381)",
         f"{profiles / 'huge.yaml'}:1:1: error: file: the file is larger than the limit of "
-        "256 KiB (256 KiB); nothing was parsed",
+        "256 KiB (262,148 bytes); nothing was parsed",
     ]
 
 

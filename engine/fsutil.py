@@ -4,7 +4,8 @@ Every artifact the engine keeps (manifests, checkpoints, result.json, bundle man
 through `atomic_write_bytes`: a temp file in the same directory, fsync, ``os.replace``, then an
 fsync of the directory so the rename itself survives a power cut. Readers see the old file or
 the new one, never a mix. (engine/runtime keeps its own small copy of `sha256_file`: it is
-shipped to devices alone.)
+shipped to devices alone.) Files that come from outside (recipes, profiles, label files) are read
+through `read_bounded`, which never reads more than its limit plus one byte.
 """
 
 from __future__ import annotations
@@ -14,9 +15,80 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+class InputTooLarge(Exception):
+    """A file holds more than the reader's limit; nothing past ``limit + 1`` bytes was read.
+
+    ``size`` is the size ``fstat`` reported for a regular file, None for a stream (a pipe,
+    ``/dev/zero``) whose end was never reached.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], limit: int, size: int | None):
+        self.path, self.limit, self.size = str(path), limit, size
+        super().__init__(f"{path}: {describe_excess(limit, size)}")
+
+
+class NotRegularFile(OSError):
+    """A reader that only takes regular files was handed a FIFO, a device or a socket."""
+
+
+def human_bytes(n: int) -> str:
+    """``1048576`` -> ``1 MiB``; ``1536`` -> ``1.5 KiB``."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.4g} {unit}"
+    return f"{n} bytes"
+
+
+def describe_excess(limit: int, size: int | None) -> str:
+    """``larger than the limit of 1 MiB (20 MiB)``, or ``(a stream that did not end ...)``."""
+    if size is None:
+        got = f"a stream, stopped reading at {human_bytes(limit)} + 1 byte"
+    else:  # exact bytes where rounding would make the two look equal
+        got = human_bytes(size) if human_bytes(size) != human_bytes(limit) else f"{size:,} bytes"
+    return f"larger than the limit of {human_bytes(limit)} ({got})"
+
+
+def read_bounded(path: str | os.PathLike[str], limit: int, *, regular_only: bool = False) -> bytes:
+    """The bytes of ``path``, or `InputTooLarge` when it holds more than ``limit``.
+
+    A regular file larger than ``limit`` is refused from its ``fstat`` size without reading it;
+    anything else (a pipe, ``/dev/zero``) is read up to ``limit + 1`` bytes and refused there, so
+    an endless stream costs ``limit`` bytes of memory and no time. The open does not block on a
+    FIFO without a writer. ``regular_only`` refuses FIFOs, devices and sockets outright
+    (`NotRegularFile`): label files never are one. Other problems raise OSError.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        regular = stat.S_ISREG(st.st_mode)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(21, "is a directory", str(path))
+        if regular_only and not regular:
+            raise NotRegularFile(f"{path}: not a regular file (a FIFO, device or socket)")
+        if regular and st.st_size > limit:
+            raise InputTooLarge(path, limit, st.st_size)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)  # O_NONBLOCK was for the open; reads of a pipe may wait
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0:
+            block = os.read(fd, min(left, 1 << 20))
+            if not block:
+                break
+            chunks.append(block)
+            left -= len(block)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise InputTooLarge(path, limit, len(data) if regular else None)
+    return data
 
 
 def _current_umask() -> int:

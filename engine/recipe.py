@@ -21,11 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from .config import (
+    MAX_DIAGNOSTICS,
+    MAX_YAML_DEPTH,
     ConfigError,
     Diagnostic,
     Positions,
     dotted,
     load_yaml,
+    more_diagnostics,
     read_yaml_file,
     stable_hash,
     suggest,
@@ -384,17 +387,28 @@ class LoadedRecipe:
     overrides: list[str] = field(default_factory=list)
 
 
+def _set_name(text: str) -> str:
+    """How diagnostics name a ``--set``: as typed, with the middle of a very long one elided."""
+    return f"--set {text}" if len(text) <= 160 else f"--set {text[:100]}…{text[-40:]}"
+
+
 def parse_override(text: str) -> tuple[list[str | int], Any]:
     """``train.epochs=5`` -> (['train', 'epochs'], 5); the value is parsed as YAML (typed)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError([Diagnostic(f"--set {text}", 0, 0, "(set)", "expected KEY.PATH=VALUE")])
+        raise ConfigError([Diagnostic(_set_name(text), 0, 0, "(set)", "expected KEY.PATH=VALUE")])
     parts: list[str | int] = []
-    for piece in key.strip().split("."):
+    pieces = key.strip().split(".")
+    if len(pieces) > MAX_YAML_DEPTH:
+        msg = f"a key path of {len(pieces):,} parts is deeper than {MAX_YAML_DEPTH} levels"
+        raise ConfigError([Diagnostic(_set_name(text), 0, 0, "(set)", msg)])
+    for piece in pieces:
         if not piece:
-            raise ConfigError([Diagnostic(f"--set {text}", 0, 0, key, "empty key in path")])
-        parts.append(int(piece) if piece.isdigit() else piece)
-    value = load_yaml(raw, f"--set {text}") if raw.strip() else ""
+            raise ConfigError([Diagnostic(_set_name(text), 0, 0, key, "empty key in path")])
+        # an index is a few ASCII digits; '²' is a digit to str.isdigit but not to int()
+        index = piece.isascii() and piece.isdigit() and len(piece) <= 9
+        parts.append(int(piece) if index else piece)
+    value = load_yaml(raw, _set_name(text)) if raw.strip() else ""
     return parts, value
 
 
@@ -409,7 +423,7 @@ def apply_overrides(doc: Any, overrides: Sequence[str]) -> dict[str, str]:
             if isinstance(node, CommentedSeq | list) and isinstance(part, int):
                 if part >= len(node):
                     msg = f"index {part} is past the end of the list ({len(node)} items)"
-                    raise ConfigError([Diagnostic(f"--set {text}", 0, 0, str(parts[0]), msg)])
+                    raise ConfigError([Diagnostic(_set_name(text), 0, 0, str(parts[0]), msg)])
                 if last:
                     node[part] = value
                 else:
@@ -424,9 +438,9 @@ def apply_overrides(doc: Any, overrides: Sequence[str]) -> dict[str, str]:
             else:
                 where = dotted(tuple(parts[: i + 1] if isinstance(node, dict) else parts[:i]))
                 raise ConfigError(
-                    [Diagnostic(f"--set {text}", 0, 0, where, "is not a mapping; cannot set a key in it")]
+                    [Diagnostic(_set_name(text), 0, 0, where, "is not a mapping; cannot set a key in it")]
                 )
-        located[dotted(tuple(parts))] = text
+        located[dotted(tuple(parts))] = text if len(text) <= 160 else f"{text[:100]}…{text[-40:]}"
     return located
 
 
@@ -461,7 +475,12 @@ def load_recipe(
             problems.extend(exc.diagnostics)
         problems.extend(_check_targets(plain_doc, profiles, positions))
     if problems:
-        raise ConfigError(sorted(problems, key=lambda d: (d.file, d.line, d.col)))
+        problems.sort(key=lambda d: (d.field == "(more)", d.file, d.line, d.col))
+        if len(problems) > MAX_DIAGNOSTICS + 1:
+            rest = problems[MAX_DIAGNOSTICS:]
+            omitted = sum(d.omitted if d.field == "(more)" else 1 for d in rest)
+            problems = [*problems[:MAX_DIAGNOSTICS], more_diagnostics(str(path), omitted)]
+        raise ConfigError(problems)
     assert recipe is not None
     loaded = LoadedRecipe(recipe=recipe, path=path, overrides=list(overrides))
     loaded.profiles = {n: profiles[n] for n in recipe.targets if n in profiles}
@@ -475,19 +494,21 @@ def _check_targets(doc: dict[str, Any], profiles: dict[str, Any], positions: Pos
     names = [t for t in targets if isinstance(t, str)] if isinstance(targets, list) else []
     seen: set[str] = set()
     for i, name in enumerate(targets if isinstance(targets, list) else []):
+        hint = len(problems) < MAX_DIAGNOSTICS  # past that they are counted, not printed
         if not isinstance(name, str):
             continue
         if name in seen:
             problems.append(positions.diagnostic(("targets", i), f"duplicate target {name!r}"))
         elif profiles and name not in profiles:
             known = ", ".join(sorted(profiles))
-            msg = f"unknown target {name!r}{suggest(name, profiles)}; known: {known}"
+            msg = f"unknown target {name!r}{suggest(name, profiles) if hint else ''}; known: {known}"
             problems.append(positions.diagnostic(("targets", i), msg))
         seen.add(name)
     deploy = doc.get("deploy")
     for name in deploy if isinstance(deploy, dict) else {}:
         if name not in names:
-            msg = f"deploy section for {name!r}, which is not in `targets`{suggest(str(name), names)}"
+            close = suggest(str(name), names) if len(problems) < MAX_DIAGNOSTICS else ""
+            msg = f"deploy section for {name!r}, which is not in `targets`{close}"
             problems.append(positions.diagnostic(("deploy", name), msg, key=True))
     return problems
 

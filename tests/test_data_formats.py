@@ -199,12 +199,13 @@ def test_labelstudio_malformed(tmp_path):
         r for r in tasks[0]["annotations"][0]["result"]
         if not (r["id"] == "2r1" and r["type"] == "textarea")]
     del tasks[1]["data"]["image"]
-    (root / "export.json").write_text(json.dumps(tasks))
+    # one task per line: every problem names the line its task starts on
+    (root / "export.json").write_text("[\n" + ",\n".join(json.dumps(t) for t in tasks) + "\n]\n")
     with pytest.raises(DatasetError) as e:
         get_reader("labelstudio").read(root)
     msg = str(e.value)
-    assert "export.json: task 0 (id=1), region 2r1: region has no transcription" in msg
-    assert "export.json: task 1 (id=2): task data has no image" in msg
+    assert "export.json:2: task 0 (id=1), region 2r1: region has no transcription" in msg
+    assert "export.json:3: task 1 (id=2): task data has no image" in msg
     (root / "export.json").write_text('[{"id": 1,\n "data": }]')
     with pytest.raises(DatasetError, match=r"export.json:2: invalid JSON"):
         get_reader("labelstudio").read(root)

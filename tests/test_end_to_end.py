@@ -1,10 +1,12 @@
 """The whole recipe for real on a tiny dataset: generate, train a few steps, evaluate, prune,
 export, quantize, bundle, verify through the device runtime, ship (local transport), check.
 
-Small sizes keep it to a couple of minutes on 2 CPU cores; accuracy bars are off because a few
-training steps learn little — the point is that every stage really runs and hands real files
-to the next, and that a rerun does nothing.  The models start from the shipped base weights,
-so boxes are really found and read, and accuracy comparisons (the int8 guard) compare something.
+Small sizes keep it to a couple of minutes on 2 CPU cores; the recipe's accuracy bars are off
+because a few training steps learn little — the point is that every stage really runs and hands
+real files to the next, and that a rerun does nothing.  The models start from the shipped base
+weights, so boxes are really found and read: the test holds accuracy floors measured on this run
+(a stage that broke the models would fall through them), and accuracy comparisons (the int8
+guard) compare something.
 """
 
 from __future__ import annotations
@@ -62,9 +64,18 @@ def test_every_stage_ran_and_produced_artifacts(finished):
     assert "fp16" in summary["artifacts"]["jetson-nano"]["candidates"]
     prune = summary["metrics"]["prune"]
     assert prune["detector_params_after"] < prune["detector_params_before"]
+    # Accuracy floors a broken stage would miss: the models start from the base weights, and on
+    # this run's 2 val images (7 lines) this machine measured evaluate hmean 0.923 (12/13),
+    # recognizer line accuracy 0.571 (4/7 crops), end to end 0.429 (3/7), pruned hmean 0.923,
+    # and through the device runtime (check:local-cpu, int8 at the profile's max_side 640)
+    # hmean 0.50. Each floor leaves a line or more of margin.
+    ev = summary["metrics"]["evaluate"]
+    assert ev["hmean"] >= 0.6 and ev["line_accuracy"] >= 0.4, ev
+    assert ev["e2e_line_accuracy"] >= 0.25, ev  # whole lines of real text read end to end
     # the metric right after pruning, with whichever BatchNorm statistics scored better
-    assert 0 <= prune["detector_hmean_pruned"] <= 1 and isinstance(prune["detector_batchnorm_reestimated"], bool)
-    assert 0 <= summary["metrics"]["evaluate"]["hmean"] <= 1
+    assert prune["detector_hmean_pruned"] >= 0.6 and prune["detector_hmean_after"] >= 0.6, prune
+    assert isinstance(prune["detector_batchnorm_reestimated"], bool)
+    assert summary["metrics"]["check:local-cpu"]["hmean"] >= 0.3, summary["metrics"]["check:local-cpu"]
     # allocation: sensitivity - which layers lost what is recorded, and the report shows it
     plan = json.loads((finished.run_dir / "prune" / "detector.channels.json").read_text())
     assert plan["allocation"] == "sensitivity" and plan["channels"]

@@ -5,6 +5,8 @@ All on CPU with small inputs; the overfit tests stop as soon as the goal is met.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -113,8 +115,11 @@ def test_db_loss_finite_on_empty_images_and_decreases():
         opt.zero_grad()
         total.backward()
         opt.step()
-        losses.append(float(total))
-    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+        losses.append(total.item())
+    assert all(np.isfinite(losses)), losses
+    # measured over seeds 0-2: the last loss is 0.81-0.92 of the first, 7 of 7 steps go down
+    assert losses[-1] < 0.95 * losses[0], losses
+    assert sum(b < a for a, b in itertools.pairwise(losses)) >= 6, losses
     assert set(parts) == {"prob", "thresh", "binary"}
 
 
@@ -122,9 +127,26 @@ def test_ctc_loss_finite_for_impossible_targets_and_decreases():
     logits = torch.randn(2, 4, 6, requires_grad=True)
     targets, lengths = encode_texts(["ABCDEFG", "AB"], "ABCDEFG")  # first needs > 4 steps
     loss = ctc_loss(logits, targets, lengths)
-    assert torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
     with pytest.raises(ValueError, match="not in the charset"):
         encode_texts(["a?"], "a")
+    # a real recognizer on one fixed batch: the loss goes down at every step, by far
+    charset = "0123456789ABCDEFG"
+    model = build_recognizer("crnn", "conv", num_classes=len(charset) + 1, height=32).train()
+    x = torch.rand(4, 3, 32, 96)
+    targets, lengths = encode_texts(["12AB", "C0", "FEED", "7"], charset)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    losses = []
+    for _ in range(6):
+        loss = ctc_loss(model(x), targets, lengths)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    # measured over seeds 0-2: 30-36 at the first step, 0.07-0.31 at the sixth
+    assert all(b < a for a, b in itertools.pairwise(losses)), losses
+    assert losses[-1] < 0.1 * losses[0], losses
 
 
 # ---------------------------------------------------------------------------- overfitting

@@ -4,7 +4,9 @@ The venv is created with ``python -m venv`` (no --system-site-packages: the host
 editable ``engine`` must be invisible) and filled from PyPI with the bundle's requirements.txt.
 It is cached under ``~/.cache/ocr-recipe/venvs/<hash of requirements + python>`` (or
 ``$OCR_RECIPE_VENV_CACHE``) and only renamed into place once pip succeeded, so an interrupted
-install is never reused.  The test is skipped, with pip's reason, when PyPI cannot be reached.
+install is never reused.  The test is skipped, with pip's reason, only when the package index
+cannot be reached (pip's output shows a network error, or ``pip index versions pip`` fails); a
+requirement the index does not have (a bad pin in the bundle's requirements.txt) is a failure.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from test_bundle import export_small_models, small_bundle
 from engine.runtime.bundle_manifest import verify_bundle
 from engine.runtime.pipeline import OCRPipeline
 
+# What pip prints when it could not talk to the index. "No matching distribution" is not one:
+# pip prints it for a pin the index does not have too, and that must fail the test.
 _NETWORK_ERRORS = ("NewConnectionError", "Max retries", "Temporary failure in name resolution",
-                   "Network is unreachable", "No matching distribution", "Could not find a version",
-                   "ConnectTimeout", "ReadTimeout", "ProxyError", "SSLError")
+                   "Network is unreachable", "ConnectTimeout", "ReadTimeout", "ProxyError",
+                   "SSLError", "Connection refused")
 
 
 def _cache_root() -> Path:
@@ -39,6 +43,13 @@ def _clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     return env
+
+
+def index_reachable(python: Path) -> bool:
+    """True when pip, configured as for the install, can list a package from its index."""
+    probe = subprocess.run([str(python), "-m", "pip", "index", "versions", "pip", "--timeout", "30"],
+                           env=_clean_env(), capture_output=True, text=True, timeout=120, check=False)
+    return probe.returncode == 0 and "pip (" in probe.stdout
 
 
 def runtime_venv(requirements: Path) -> Path:
@@ -61,10 +72,12 @@ def runtime_venv(requirements: Path) -> Path:
             env=_clean_env(), capture_output=True, text=True, timeout=600, check=False,
         )
         if pip.returncode != 0:
-            if any(e in pip.stderr + pip.stdout for e in _NETWORK_ERRORS):
-                pytest.skip(f"pip cannot install the bundle requirements from PyPI: "
-                            f"{pip.stderr.strip().splitlines()[-1:]}")
-            raise AssertionError(f"pip install -r {requirements} failed:\n{pip.stderr}")
+            output = pip.stderr + pip.stdout
+            if any(e in output for e in _NETWORK_ERRORS) or not index_reachable(tmp / "bin" / "python"):
+                pytest.skip(f"pip cannot reach the package index to install the bundle "
+                            f"requirements: {pip.stderr.strip().splitlines()[-1:]}")
+            raise AssertionError(f"pip install -r {requirements} failed with the package index "
+                                 f"reachable (a bad pin?):\n{pip.stderr}")
         # the venv's scripts hard-code its path: it is run via bin/python only, which is
         # location-independent, so renaming the finished directory is safe
         try:
@@ -75,6 +88,14 @@ def runtime_venv(requirements: Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return python
+
+
+def test_a_requirement_the_index_lacks_fails_instead_of_skipping(tmp_path):
+    """What a bad pin in a bundle's requirements.txt does: a failure, not a skipped test."""
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("numpy==0.0.1\n")  # numpy never had this version
+    with pytest.raises(AssertionError, match=r"No matching distribution found for numpy==0\.0\.1"):
+        runtime_venv(requirements)
 
 
 def test_bundle_checks_in_a_venv_without_torch(tmp_path):

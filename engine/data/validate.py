@@ -5,8 +5,10 @@ Checks, each reported as ``file:line: message``:
 * image paths: absolute paths are rejected, and the resolved path (``..`` and symlinks followed)
   must stay inside the dataset root — a label file must not make the engine read (and ship crops
   of) files elsewhere on the machine;
-* images: missing, unreadable or truncated; size different from what the label claims;
-  the same image listed twice;
+* images: missing, unreadable or truncated; not a regular file, larger than `MAX_IMAGE_BYTES`,
+  or more than `MAX_IMAGE_PIXELS` by its header (checked before anything is decoded, so a
+  decompression bomb costs a header read); size different from what the label claims;
+  the same image listed twice; more than `MAX_BOXES_PER_IMAGE` text regions;
 * polygons: fewer than 4 points, non-finite coordinates, zero area (< `min_area` px²), points
   outside the image.  A point up to `tolerance_px` (default 1 px) outside is *clipped* — tools
   routinely write ``x = width`` or ``-0.5`` for boxes touching the border — anything further out
@@ -33,15 +35,18 @@ import hashlib
 import io
 import math
 import os.path
+import warnings as _warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from ..fsutil import InputTooLarge, NotRegularFile, describe_excess, read_bounded
 from .charset import replace_unknown
 from .errors import ProblemList
 from .formats.base import LabelLine, Sample, looks_absolute
+from .limits import MAX_BOXES_PER_IMAGE, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from .manifest import ManifestRecord, TextLine
 
 POLICIES = ("error", "skip", "replace")
@@ -122,8 +127,15 @@ def _check_path(s: Sample, root: Path, problems: ProblemList) -> Path | None:
         problems.add(s.file, s.line, f"absolute image path {s.raw_path!r} is not allowed; "
                      "write it relative to the dataset", s.where)
         return None
+    if "\0" in s.raw_path:
+        problems.add(s.file, s.line, f"image path {s.raw_path!r:.80} contains a NUL byte", s.where)
+        return None
     real_root = root.resolve()
-    resolved = s.image.resolve()
+    try:
+        resolved = s.image.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        problems.add(s.file, s.line, f"image path {s.raw_path!r} cannot be resolved: {e}", s.where)
+        return None
     if not resolved.is_relative_to(real_root):
         lexical = Path(os.path.normpath(s.image.absolute()))
         why = ("resolves (through a symlink) outside" if lexical.is_relative_to(root.absolute())
@@ -135,17 +147,45 @@ def _check_path(s: Sample, root: Path, problems: ProblemList) -> Path | None:
 
 
 def _open_image(path: Path, s: Sample, problems: ProblemList, warnings: list[str]):
-    """(width, height, sha256) of a fully decodable image, else None (problem recorded)."""
-    if not path.is_file():
+    """(width, height, sha256) of a fully decodable image, else None (problem recorded).
+
+    The file is read once, at most `MAX_IMAGE_BYTES`; Pillow's ``open`` reads only the header,
+    so the pixel bound is checked before ``load`` decodes anything. (engine/runtime/serve.py
+    sniffs upload headers with its own parser, ``image_size``; sharing it would mean moving it
+    out of serve.py. Pillow's header is the one of the decoder that then reads these files, and
+    it knows every extension a dataset may use, TIFF included.)
+    """
+    if not path.exists():
         problems.add(s.file, s.line, f"image not found: {s.raw_path}", s.where)
         return None
     try:
-        data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            w, h = im.size
-            orient = im.getexif().get(0x0112, 1)
-    except (OSError, UnidentifiedImageError, ValueError) as e:
+        data = read_bounded(path, MAX_IMAGE_BYTES, regular_only=True)
+    except InputTooLarge as e:
+        problems.add(s.file, s.line, f"image {s.raw_path} is {describe_excess(MAX_IMAGE_BYTES, e.size)}",
+                     s.where)
+        return None
+    except NotRegularFile:
+        problems.add(s.file, s.line, f"image {s.raw_path} is not a regular file", s.where)
+        return None
+    except OSError as e:
+        problems.add(s.file, s.line, f"cannot read image {s.raw_path}: {e.strerror or e}", s.where)
+        return None
+    try:
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we bound it below
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    problems.add(s.file, s.line, f"image {s.raw_path} is {w}x{h} = "
+                                 f"{w * h / 1e6:.1f} megapixels by its header, more than the "
+                                 f"limit of {MAX_IMAGE_PIXELS / 1e6:g}; not decoded", s.where)
+                    return None
+                im.load()
+                orient = im.getexif().get(0x0112, 1)
+    except Image.DecompressionBombError as e:  # Pillow's own bound, past 2x its MAX_IMAGE_PIXELS
+        problems.add(s.file, s.line, f"image {s.raw_path} refused by its header: {e}", s.where)
+        return None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as e:
         problems.add(s.file, s.line, f"cannot decode image {s.raw_path}: {e}", s.where)
         return None
     if orient not in (None, 1):
@@ -197,6 +237,12 @@ def validate_samples(samples: list[Sample], root: str | Path, split: str,
                              f"(also at {seen[path]})", s.where)
             continue
         seen[path] = here
+        if len(s.lines) > MAX_BOXES_PER_IMAGE:
+            first = s.lines[MAX_BOXES_PER_IMAGE]
+            res.problems.add(first.file, first.line, f"{len(s.lines):,} text regions for image "
+                             f"{s.raw_path}, more than the limit of {MAX_BOXES_PER_IMAGE:,}",
+                             s.where)
+            continue
         info = _open_image(path, s, res.problems, res.warnings)
         if info is None:
             continue

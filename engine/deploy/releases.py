@@ -16,6 +16,12 @@ reader sees the old release or the new one, never a mix. An interrupted ship lea
 alone and a rerun resumes the ``.partial`` directory. The history is what ``rollback`` follows;
 pruning never removes the current release or the one rollback would go back to.
 
+Nothing is written through a symlink on the host: the bundle is verified here first (its
+manifest lists only relative paths without ``..``, reached without a symlink), and before any
+upload the destination directory on the host is listed for symlinks (a ``.partial`` left with
+``models -> /home/pi/.ssh`` would otherwise make the upload write there, and ``sha256sum -c``
+read there); a release holding one is refused by ``verify_remote`` too.
+
 Not handled: two controllers shipping to the same host at the same time (no remote lock).
 """
 
@@ -107,7 +113,40 @@ def short(release: str | None) -> str:
     return release[:12] if release else "none"
 
 
+# Lists the symlinks below a directory, for hosts without find(1).
+_PY_FIND_LINKS = r"""
+import os, sys
+top = sys.argv[1]
+if os.path.islink(top):
+    print(top)
+for d, dirs, files in os.walk(top):
+    for n in dirs + files:
+        if os.path.islink(os.path.join(d, n)):
+            print(os.path.join(d, n))
+"""
+
 # ------------------------------------------------------------------------------ checks on device
+
+
+def symlinks_on_host(t: Transport, directory: str, *, python: str = "python3") -> list[str]:
+    """Paths (relative to ``directory``, ``.`` for itself) of the symlinks in it, on the host."""
+    q = shlex.quote(directory)
+    res = t.run(f"[ -e {q} ] || [ -L {q} ] || exit 0; find {q} -type l", check=False)
+    if res.exit_code == 127:
+        res = t.run(f"{python} -c {shlex.quote(_PY_FIND_LINKS)} {q}", check=False)
+    if not res.ok:
+        raise DeployError(t.host, f"cannot list {directory} on the host: {res.tail(2)}")
+    return sorted(posixpath.relpath(line, directory) for line in res.stdout.splitlines() if line)
+
+
+def refuse_symlinks(t: Transport, directory: str, *, python: str = "python3") -> None:
+    """DeployError naming the host and the links when ``directory`` holds any."""
+    links = symlinks_on_host(t, directory, python=python)
+    if links:
+        shown = ", ".join(links[:5]) + (f" (+{len(links) - 5} more)" if len(links) > 5 else "")
+        raise DeployError(t.host, f"{directory} holds symlinks ({shown}): a bundle never does, "
+                          "and files would be written or checked through them; remove the "
+                          "directory and ship again")
 
 
 def checksum_status(
@@ -162,6 +201,7 @@ def verify_remote(
         raise DeployError(
             t.host, f"{source}: manifest does not match release {short(release)} (edited?)"
         )
+    refuse_symlinks(t, rdir, python=python)
     status = checksum_status(t, rdir, manifest["files"], python=python)
     bad = sorted(rel for rel, ok in status.items() if not ok)
     if bad:
@@ -257,6 +297,7 @@ def _sync(
     t: Transport, bundle: Path, dest: str, sums: dict[str, str], python: str
 ) -> tuple[list[str], int, int]:
     """Make ``dest`` hold exactly the bundle's files: send only what is missing or wrong."""
+    refuse_symlinks(t, dest, python=python)  # before anything is written into it
     subdirs = {posixpath.dirname(rel) for rel in sums} - {""}
     t.makedirs([dest, *(posixpath.join(dest, d) for d in subdirs)])
     status = checksum_status(t, dest, sums, python=python)

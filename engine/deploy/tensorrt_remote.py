@@ -31,6 +31,8 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from engine.runtime.bundle_manifest import check_relpath
+
 from .transport import DeployError, Transport
 
 log = logging.getLogger(__name__)
@@ -173,9 +175,16 @@ def build_engines(t: Transport, release_dir: str, manifest: Mapping[str, Any], *
     trtexec succeeded, so a failed build never leaves a half-written engine for the runtime.
     """
     plans = manifest.get("tensorrt") or {}
-    if not plans:
+    if not plans or not isinstance(plans, dict):
         raise DeployError(t.host, f"bundle {str(manifest.get('bundle_hash'))[:12]} has runtime "
                           f"tensorrt but no build plan in its manifest (rebuild the bundle)")
+    for model, plan in plans.items():  # both name files written (and removed) in the release
+        name, engine = str(model), plan.get("engine") if isinstance(plan, dict) else None
+        why = (check_relpath(name) or ("a model name may not hold '/'" if "/" in name else None)
+               or (check_relpath(engine) if isinstance(engine, str) else "no engine path"))
+        if why:
+            raise DeployError(t.host, f"TensorRT plan {name!r:.40} -> {engine!r:.60}: {why}; "
+                              "nothing was built")
     reused = _reusable(t, release_dir, plans, python)
     if reused is not None:
         log.info("%s: TensorRT engines already built (%s), reusing them", t.host,

@@ -15,6 +15,14 @@ bad file and exits 1.
 bundles different: the sorted ``relpath``/``sha256`` pairs and the remaining manifest fields
 (target, versions, ...), serialised canonically. ``__pycache__`` directories and ``*.pyc`` files
 are never part of a bundle: Python writes them next to the runtime on the device.
+
+A device trusts nothing it receives before checking it: the manifest is read up to
+`MAX_MANIFEST_BYTES` and may list at most `MAX_FILES` files; every listed path is relative,
+without ``..``, and reached without passing a symlink (``models -> /etc`` would make a check
+read, and an upload write, outside the bundle). ``python3 bundle_manifest.py --unpack ARCHIVE
+DIR`` installs a bundle from its ``.tar.gz`` (`pack_bundle`) on a host fed one archive: every
+member is checked before anything is written (regular files and directories under one top
+directory, no ``..``, absolute path, link or device), then the result is verified.
 """
 
 from __future__ import annotations
@@ -30,6 +38,17 @@ MANIFEST_NAME = "manifest.json"
 FORMAT = 1
 _RESERVED = ("format", "files", "bundle_hash")
 _CHUNK = 1 << 20
+
+#: Largest manifest a device reads. A real one is 10-40 KB (a hundred files plus the build's
+#: measurements); 16 MiB bounds what a hostile one costs a device with 1 GB of memory.
+MAX_MANIFEST_BYTES = 16 << 20
+
+#: Most files a manifest may list (a bundle has ~60: models, runtime, val images).
+MAX_FILES = 10_000
+
+#: Largest bundle archive a device unpacks, summed over its members (the flagship's is ~15 MB
+#: with three precisions; a Jetson bundle with fp16 models stays far below).
+MAX_UNPACKED_BYTES = 2 << 30
 
 
 class BundleError(Exception):
@@ -91,10 +110,14 @@ def compute_bundle_hash(files: dict[str, str], meta: dict[str, Any] | None = Non
 
 def parse_manifest(data: bytes | str, source: str = MANIFEST_NAME) -> dict[str, Any]:
     """Validate the structure of a manifest; ``source`` names it in errors."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise BundleError(source, f"larger than {MAX_MANIFEST_BYTES >> 20} MiB ({len(data)} bytes)")
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BundleError(source, f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise BundleError(source, "not valid JSON (nested too deeply)") from None
     if not isinstance(doc, dict):
         raise BundleError(source, "must be a JSON object")
     if doc.get("format") != FORMAT:
@@ -102,6 +125,8 @@ def parse_manifest(data: bytes | str, source: str = MANIFEST_NAME) -> dict[str, 
     files = doc.get("files")
     if not isinstance(files, dict) or not files:
         raise BundleError(source, "'files' must be a non-empty object {relpath: sha256}")
+    if len(files) > MAX_FILES:
+        raise BundleError(source, f"lists {len(files)} files, more than {MAX_FILES}")
     for rel, digest in files.items():
         why = check_relpath(rel)
         if why:
@@ -114,13 +139,30 @@ def parse_manifest(data: bytes | str, source: str = MANIFEST_NAME) -> dict[str, 
 
 
 def read_manifest(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and structurally validate ``<bundle_dir>/manifest.json``."""
+    """Read (at most `MAX_MANIFEST_BYTES` + 1 bytes) and structurally validate the manifest."""
     path = Path(bundle_dir) / MANIFEST_NAME
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise BundleError(path, "the manifest is not a regular file")
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_MANIFEST_BYTES + 1)
     except OSError as exc:
         raise BundleError(path, f"cannot read the manifest ({exc.strerror or exc})") from None
     return parse_manifest(data, str(path))
+
+
+def link_in_path(root: Path, relpath: str) -> str | None:
+    """The first component of ``relpath`` below ``root`` that is a symlink, or None.
+
+    Checked component by component (not with ``realpath``), so a link is refused even when it
+    points back inside the bundle: a bundle never holds one (`bundle_files` refuses them).
+    """
+    current = root
+    for part in relpath.split("/"):
+        current = current / part
+        if current.is_symlink():
+            return current.relative_to(root).as_posix()
+    return None
 
 
 def verify_bundle(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -134,7 +176,12 @@ def verify_bundle(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
     problems: list[tuple[str, str]] = []
     for rel, expected in sorted(manifest["files"].items()):
         path = root / rel
-        if path.is_symlink() or not path.is_file():
+        link = link_in_path(root, rel)
+        if link is not None:
+            target = os.readlink(root / link)
+            problems.append((str(path), f"reached through a symlink ({link} -> {target})"))
+            continue
+        if not path.is_file():
             problems.append((str(path), "missing" if not path.exists() else "not a regular file"))
             continue
         try:
@@ -156,14 +203,101 @@ def verify_bundle(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
+def unpack_bundle(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) -> dict[str, Any]:
+    """Unpack a `pack_bundle` archive into the new directory ``dest``, verify it, return the manifest.
+
+    Every member is checked before anything is written: one top directory (the bundle hash),
+    below it only relative paths without ``..`` (`check_relpath`), only regular files and
+    directories (a symlink, hard link, device or FIFO is refused: a link member followed by a
+    file member through it is how archives write outside their directory), at most `MAX_FILES`
+    members and `MAX_UNPACKED_BYTES` in all. ``dest`` must not exist; on any failure it is
+    removed again, so a refused archive leaves nothing behind.
+    """
+    import shutil
+    import tarfile
+
+    dest = Path(dest)
+    if dest.exists() or dest.is_symlink():
+        raise BundleError(dest, "already exists; unpack into a new directory")
+    try:
+        tar = tarfile.open(archive, "r:gz")  # noqa: SIM115 - closed by the `with` below
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        raise BundleError(archive, f"not a bundle archive ({exc})") from None
+    with tar:
+        members, top = _checked_members(tar, str(archive))
+        try:
+            dest.mkdir(parents=True)
+            for m in members:
+                rel = m.name[len(top) + 1 :]
+                if not rel:
+                    continue
+                target = dest / rel
+                if m.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(m)
+                if src is None:
+                    raise BundleError(archive, f"member {m.name!r} has no data")
+                with src, open(target, "xb") as out:  # "x": a member listed twice is refused
+                    shutil.copyfileobj(src, out, _CHUNK)
+                os.chmod(target, 0o755 if m.mode & 0o111 else 0o644)
+            manifest = verify_bundle(dest)
+            if manifest["bundle_hash"] != top:
+                raise BundleError(archive, f"top directory {top!r} is not the bundle hash "
+                                  f"{manifest['bundle_hash']}")
+        except BaseException as exc:
+            shutil.rmtree(dest, ignore_errors=True)
+            if isinstance(exc, (OSError, tarfile.TarError, EOFError)):
+                raise BundleError(archive, f"cannot unpack ({exc})") from None
+            raise
+    return manifest
+
+
+def _checked_members(tar: Any, source: str) -> tuple[list[Any], str]:
+    """Every member of ``tar``, refused as a whole at the first one that may not be unpacked."""
+    import tarfile
+
+    members: list[Any] = []
+    top: str | None = None
+    total = 0
+    try:
+        for m in tar:
+            name = m.name[:-1] if m.name.endswith("/") else m.name
+            why = check_relpath(name)
+            if why:
+                raise BundleError(source, f"member {m.name!r}: {why}; nothing was unpacked")
+            first = name.split("/", 1)[0]
+            top = first if top is None else top
+            if first != top:
+                raise BundleError(source, f"member {m.name!r} is outside the top directory "
+                                  f"{top!r}; nothing was unpacked")
+            if not (m.isfile() or m.isdir()):
+                kind = ("symlink" if m.issym() else "hard link" if m.islnk()
+                        else "device or FIFO")
+                raise BundleError(source, f"member {m.name!r} is a {kind}: only regular files "
+                                  "and directories are unpacked; nothing was unpacked")
+            total += m.size
+            members.append(m)
+            if len(members) > MAX_FILES + 64 or total > MAX_UNPACKED_BYTES:
+                raise BundleError(source, f"more than {MAX_FILES} members or "
+                                  f"{MAX_UNPACKED_BYTES >> 20} MiB; nothing was unpacked")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise BundleError(source, f"not a bundle archive ({exc})") from None
+    if top is None:
+        raise BundleError(source, "the archive is empty")
+    return members, top
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``bundle_manifest.py DIR``: exit 0 and print ``OK <hash>``, or print each problem, exit 1."""
+    """``bundle_manifest.py DIR`` verifies a bundle, ``--unpack ARCHIVE DIR`` unpacks then verifies:
+    exit 0 and print ``OK <hash>``, or print each problem as ``FAILED ...`` and exit 1."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: bundle_manifest.py BUNDLE_DIR", file=sys.stderr)
+    if not (len(args) == 1 or (len(args) == 3 and args[0] == "--unpack")):
+        print("usage: bundle_manifest.py BUNDLE_DIR | --unpack ARCHIVE NEW_DIR", file=sys.stderr)
         return 2
     try:
-        manifest = verify_bundle(args[0])
+        manifest = unpack_bundle(args[1], args[2]) if len(args) == 3 else verify_bundle(args[0])
     except BundleError as exc:
         for line in exc.problems:
             print(f"FAILED {line}")

@@ -91,7 +91,7 @@ class Icdar2015Reader(DatasetReader):
             if image is None:
                 problems.add(gt, None, f"no image {stem}.* in {img_dir}")
                 continue
-            lines = read_text_lines(gt, problems)
+            lines = read_text_lines(gt, root, problems)
             if lines is None:
                 continue
             sample = Sample(image=image, raw_path=image.name, file=str(gt), line=None)

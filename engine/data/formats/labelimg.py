@@ -14,6 +14,12 @@ name the directory).  The image is ``<filename>`` looked up next to the XML, the
 ``root/images`` / ``root/JPEGImages``; ``<path>`` is ignored (LabelImg stores the annotator's
 absolute path, meaningless elsewhere).  The parser is expat driven directly so every problem can
 name the XML line.
+
+XML from outside is parsed with a closed configuration: a document that declares an entity
+(internal ones are how "billion laughs" expands a 1 KB file into gigabytes; external ones,
+``<!ENTITY x SYSTEM "file:///etc/passwd">``, read other files) is refused at the declaration,
+parameter entities and external DTDs are never loaded, and a reference to an undeclared entity
+is malformed XML. LabelImg never writes a DTD, so nothing real is lost.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from .base import (
     first_existing_dir,
     looks_absolute,
     normalise_label_path,
+    read_label_bytes,
+    read_text_lines,
 )
 
 
@@ -50,11 +58,34 @@ class _Node:
         return [c for c in self.children if c.tag == tag]
 
 
+class XMLRefused(Exception):
+    """A construct the reader does not parse (entity declarations); ``line`` is where it is."""
+
+    def __init__(self, line: int, message: str):
+        self.line = line
+        super().__init__(message)
+
+
 def _parse_xml(data: bytes) -> _Node:
-    """Tiny element tree with line numbers (ElementTree's C parser does not keep them)."""
+    """Tiny element tree with line numbers (ElementTree's C parser does not keep them).
+
+    Raises ExpatError for malformed XML, XMLRefused for entity declarations and external
+    entities (see the module docstring).
+    """
     parser = xml.parsers.expat.ParserCreate()
+    parser.SetParamEntityParsing(xml.parsers.expat.XML_PARAM_ENTITY_PARSING_NEVER)
     stack: list[_Node] = []
     root: list[_Node] = []
+
+    def entity_decl(name: str, is_parameter: int, *_rest: object) -> None:
+        kind = "parameter entity" if is_parameter else "entity"
+        raise XMLRefused(parser.CurrentLineNumber,
+                         f"declares the {kind} {name!r}: entity declarations are not accepted "
+                         "(they can expand without bound or read other files)")
+
+    def external_ref(_context: object, _base: object, system_id: str | None, _public: object) -> int:
+        raise XMLRefused(parser.CurrentLineNumber,
+                         f"refers to an external entity ({system_id!r}): not accepted")
 
     def start(tag: str, _attrs: dict) -> None:
         node = _Node(tag, parser.CurrentLineNumber)
@@ -74,6 +105,8 @@ def _parse_xml(data: bytes) -> _Node:
     parser.StartElementHandler = start
     parser.EndElementHandler = end
     parser.CharacterDataHandler = chars
+    parser.EntityDeclHandler = entity_decl
+    parser.ExternalEntityRefHandler = external_ref
     parser.Parse(data, True)
     return root[0]
 
@@ -104,10 +137,16 @@ class LabelImgReader(DatasetReader):
             problems.add(xml_dir, None, "no Pascal VOC .xml files found")
         samples: list[Sample] = []
         for xp in xml_files:
+            data = read_label_bytes(xp, root, problems)
+            if data is None:
+                continue
             try:
-                tree = _parse_xml(xp.read_bytes())
+                tree = _parse_xml(data)
             except xml.parsers.expat.ExpatError as e:
                 problems.add(xp, e.lineno, f"malformed XML: {xml.parsers.expat.ErrorString(e.code)}")
+                continue
+            except XMLRefused as e:
+                problems.add(xp, e.line, f"XML {e}")
                 continue
             if tree.tag != "annotation":
                 problems.add(xp, tree.line, f"root element is <{tree.tag}>, expected <annotation>")
@@ -132,7 +171,7 @@ class LabelImgReader(DatasetReader):
                     problems.add(xp, size.line, "<size> width/height are not integers")
             sample = Sample(image, rel, str(xp), fn.line, size_hint=size_hint)
             objects = tree.findall("object")
-            sidecar = self._sidecar(xp, len(objects), problems)
+            sidecar = self._sidecar(xp, root, len(objects), problems)
             for i, obj in enumerate(objects):
                 name = obj.find("name")
                 text = name.text.strip() if name is not None else ""
@@ -147,14 +186,12 @@ class LabelImgReader(DatasetReader):
         return samples, problems
 
     @staticmethod
-    def _sidecar(xp: Path, n_objects: int, problems: ProblemList) -> list[str] | None:
+    def _sidecar(xp: Path, root: Path, n_objects: int, problems: ProblemList) -> list[str] | None:
         path = xp.with_suffix(".txt")
         if not path.is_file():
             return None
-        try:
-            lines = path.read_text(encoding="utf-8-sig").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            problems.add(path, None, f"cannot read transcription sidecar: {e}")
+        lines = read_text_lines(path, root, problems)
+        if lines is None:
             return None
         while lines and not lines[-1].strip():
             lines.pop()
@@ -181,6 +218,9 @@ class LabelImgReader(DatasetReader):
             if any(v is None for v in vals):
                 return None
             cx, cy, w, h, a = (float(v) for v in vals)  # type: ignore[arg-type]
+            if not math.isfinite(a):
+                problems.add(xp, rbox.line, f"<angle> is not a finite number: {a}")
+                return None
             c, s = math.cos(a), math.sin(a)
             corners = [(-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2)]
             return [[cx + dx * c - dy * s, cy + dx * s + dy * c] for dx, dy in corners]

@@ -29,12 +29,26 @@ import json
 import math
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 from ..errors import ProblemList
+from ..limits import MAX_INDEX_FILE_BYTES
 from ..manifest import ManifestRecord, atomic_write_text
-from .base import IGNORE_TEXTS, IMAGE_EXTENSIONS, DatasetReader, LabelLine, Sample, check_root
+from .base import (
+    IGNORE_TEXTS,
+    IMAGE_EXTENSIONS,
+    DatasetReader,
+    LabelLine,
+    Sample,
+    check_root,
+    decode_label_text,
+    json_value,
+    parse_points,
+    read_label_bytes,
+)
 
 GEOMETRY_TYPES = {"rectangle", "rectanglelabels", "polygon", "polygonlabels"}
 IGNORE_LABELS = frozenset({"###", "ignore", "Ignore"})
@@ -109,102 +123,187 @@ class LabelStudioReader(DatasetReader):
                 problems.add(root, None, f"{what} in the dataset root; pass label_file explicitly")
                 return [], problems
             label_file = found[0]
-        try:
-            tasks = json.loads(label_file.read_text(encoding="utf-8-sig"))
-        except (OSError, UnicodeDecodeError) as e:
-            problems.add(label_file, None, f"cannot read: {e}")
-            return [], problems
-        except json.JSONDecodeError as e:
-            problems.add(label_file, e.lineno, f"invalid JSON: {e.msg} (column {e.colno})")
-            return [], problems
-        if isinstance(tasks, dict):
-            tasks = [tasks]
-        if not isinstance(tasks, list):
-            problems.add(label_file, None, "expected a list of tasks (Label Studio JSON export)")
+        data = read_label_bytes(label_file, root, problems, MAX_INDEX_FILE_BYTES)
+        text = decode_label_text(data, label_file, problems) if data is not None else None
+        if text is None:
             return [], problems
         samples = []
-        for k, task in enumerate(tasks):
-            s = self._task(task, k, root, label_file, problems)
+        for k, line, task in _tasks(text, label_file, problems):
+            s = self._task(task, k, line, root, label_file, problems)
             if s is not None:
                 samples.append(s)
         return samples, problems
 
-    def _task(self, task, k: int, root: Path, lf: Path, problems: ProblemList) -> Sample | None:
-        where = f"task {k}" + (f" (id={task.get('id')})" if isinstance(task, dict) else "")
-        data = task.get("data") if isinstance(task, dict) else None
+    def _task(self, task: Any, k: int, line: int, root: Path, lf: Path,
+              problems: ProblemList) -> Sample | None:
+        if not isinstance(task, dict):
+            problems.add(lf, line, "a task must be a JSON object", f"task {k}")
+            return None
+        tid = task.get("id")
+        where = f"task {k}" + (f" (id={tid})" if isinstance(tid, int | str) else "")
+        data = task.get("data")
         if not isinstance(data, dict):
-            problems.add(lf, None, "task has no \"data\" object", where)
+            problems.add(lf, line, "task has no \"data\" object", where)
             return None
         raw = data.get("image") or data.get("ocr")
         if raw is None:
             raw = next((v for v in data.values() if isinstance(v, str)
                         and v.lower().endswith(IMAGE_EXTENSIONS)), None)
         if not isinstance(raw, str):
-            problems.add(lf, None, "task data has no image (expected data.image)", where)
+            problems.add(lf, line, "task data has no image (expected data.image)", where)
             return None
         cands = _image_candidates(raw)
         rel = next((c for c in cands if (root / c).is_file()), cands[0])
-        sample = Sample(root / rel, rel, str(lf), None, where=where)
-        anns = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+        sample = Sample(root / rel, rel, str(lf), line, where=where)
+        anns = task.get("annotations")
+        anns = [a for a in anns if isinstance(a, dict) and not a.get("was_cancelled")] \
+            if isinstance(anns, list) else []
         if not anns:
-            problems.add(lf, None, "task has no (non-cancelled) annotation", where)
+            problems.add(lf, line, "task has no (non-cancelled) annotation", where)
             return None
+        results = anns[-1].get("result")
         regions: dict[str, dict] = {}
-        for res in anns[-1].get("result") or []:
+        for res in results if isinstance(results, list) else []:
+            if not isinstance(res, dict):
+                problems.add(lf, line, f"a result must be a JSON object, got {res!r:.40}", where)
+                continue
             rid = str(res.get("id", len(regions)))
             reg = regions.setdefault(rid, {"geom": None, "text": None, "labels": [], "size": None})
-            value = res.get("value") or {}
+            value = res.get("value")
+            value = value if isinstance(value, dict) else {}
             rtype = res.get("type", "")
             if res.get("image_rotation"):
                 reg["rotated_view"] = res["image_rotation"]
-            if res.get("original_width") and res.get("original_height"):
-                reg["size"] = (float(res["original_width"]), float(res["original_height"]))
+            try:
+                size = _size(res)
+            except ValueError as e:
+                problems.add(lf, line, str(e), f"{where}, region {rid}")
+                reg["bad"] = True
+                continue
+            if size is not None:
+                reg["size"] = size
             if rtype in GEOMETRY_TYPES or (reg["geom"] is None and (
                 "points" in value or "width" in value
             )):
                 reg["geom"] = value
             if rtype == "textarea":
                 txt = value.get("text", [])
-                reg["text"] = " ".join(txt) if isinstance(txt, list) else str(txt)
+                reg["text"] = " ".join(map(str, txt)) if isinstance(txt, list) else str(txt)
             for key in ("labels", "rectanglelabels", "polygonlabels"):
-                reg["labels"] += list(value.get(key, []))
+                labels = value.get(key, [])
+                reg["labels"] += [str(lb) for lb in labels] if isinstance(labels, list) else []
         for rid, reg in regions.items():
             rwhere = f"{where}, region {rid}"
             geom, size = reg["geom"], reg["size"]
+            if reg.get("bad"):
+                continue
             if reg.get("rotated_view"):
-                problems.add(lf, None, f"region was drawn on a view rotated by "
+                problems.add(lf, line, f"region was drawn on a view rotated by "
                              f"{reg['rotated_view']}° (image_rotation); reset the rotation in "
                              "Label Studio and re-export", rwhere)
                 continue
             if geom is None:
-                problems.add(lf, None, "region has a transcription but no rectangle/polygon", rwhere)
+                problems.add(lf, line, "region has a transcription but no rectangle/polygon",
+                             rwhere)
                 continue
             if size is None:
-                problems.add(lf, None, "region lacks original_width/original_height", rwhere)
+                problems.add(lf, line, "region lacks original_width/original_height", rwhere)
                 continue
             sample.size_hint = (round(size[0]), round(size[1]))
             sx, sy = size[0] / 100.0, size[1] / 100.0
             try:
                 if "points" in geom:
-                    pts = [[float(p[0]) * sx, float(p[1]) * sy] for p in geom["points"]]
+                    pts = parse_points(geom["points"], sx, sy)
                 else:
                     pts = rect_to_points(float(geom["x"]) * sx, float(geom["y"]) * sy,
                                          float(geom["width"]) * sx, float(geom["height"]) * sy,
                                          float(geom.get("rotation", 0.0)))
-            except (KeyError, TypeError, ValueError, IndexError):
-                problems.add(lf, None, f"bad geometry value {geom!r:.80}", rwhere)
+            except (KeyError, TypeError, ValueError, OverflowError) as e:
+                why = str(e) if str(e).startswith("polygon has") else f"bad geometry value {geom!r:.80}"
+                problems.add(lf, line, why, rwhere)
                 continue
             ignore = any(lbl in IGNORE_LABELS for lbl in reg["labels"])
             text = reg["text"]
             if text is None:
                 if not ignore:
-                    problems.add(lf, None, "region has no transcription (type ### if unreadable)",
+                    problems.add(lf, line, "region has no transcription (type ### if unreadable)",
                                  rwhere)
                     continue
                 text = "###"
             ignore = ignore or text.strip() in IGNORE_TEXTS
-            sample.lines.append(LabelLine(pts, text, ignore, str(lf), None, rwhere))
+            sample.lines.append(LabelLine(pts, text, ignore, str(lf), line, rwhere))
         return sample
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _tasks(text: str, lf: Path, problems: ProblemList) -> Iterator[tuple[int, int, Any]]:
+    """(index, line, task) for each task of an export, decoded one task at a time.
+
+    Decoding task by task is what gives every problem in a task the line the task starts on;
+    a JSON error stops the file there (with its line and column), after the tasks before it.
+    """
+    lines = _LineCounter(text)
+    i = _WS.match(text).end()  # type: ignore[union-attr]
+    try:
+        if text[i:i + 1] == "{":  # a single task, not a list
+            task, end = json_value(text, i)
+            _expect_end(text, end)
+            yield 0, lines.at(i), task
+            return
+        if text[i:i + 1] != "[":
+            problems.add(lf, lines.at(i), "expected a list of tasks (Label Studio JSON export)")
+            return
+        i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+        k = 0
+        while text[i:i + 1] != "]":
+            task, end = json_value(text, i)
+            yield k, lines.at(i), task
+            k += 1
+            i = _WS.match(text, end).end()  # type: ignore[union-attr]
+            if text[i:i + 1] == ",":
+                i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+            elif text[i:i + 1] != "]":
+                raise json.JSONDecodeError("Expecting ',' delimiter", text, i)
+        _expect_end(text, i + 1)
+    except json.JSONDecodeError as e:
+        problems.add(lf, e.lineno, f"invalid JSON: {e.msg} (column {e.colno})")
+    except ValueError as e:  # nested too deeply
+        problems.add(lf, lines.at(i), f"invalid JSON: {e}")
+
+
+def _expect_end(text: str, end: int) -> None:
+    end = _WS.match(text, end).end()  # type: ignore[union-attr]
+    if end != len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
+
+
+class _LineCounter:
+    """1-based line of an offset, for offsets that only grow (linear in the text, not quadratic)."""
+
+    def __init__(self, text: str):
+        self.text, self.pos, self.line = text, 0, 1
+
+    def at(self, offset: int) -> int:
+        self.line += self.text.count("\n", self.pos, offset)
+        self.pos = offset
+        return self.line
+
+
+def _size(res: dict) -> tuple[float, float] | None:
+    """(original_width, original_height) of a result, None when absent; ValueError when bad."""
+    w, h = res.get("original_width"), res.get("original_height")
+    if not w or not h:
+        return None
+    try:
+        size = float(w), float(h)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"original_width/original_height are not numbers: {w!r:.20}, "
+                         f"{h!r:.20}") from None
+    if not all(math.isfinite(v) and v > 0 for v in size):
+        raise ValueError(f"original_width/original_height must be positive: {w!r:.20}, {h!r:.20}")
+    return size
 
 
 def write_labelstudio(

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ProblemList
+from ..limits import MAX_INDEX_FILE_BYTES
 from .base import (
     IGNORE_TEXTS,
     DatasetReader,
@@ -36,11 +37,11 @@ class LinesReader(DatasetReader):
         if not check_root(root, problems):
             return [], problems
         if label_file is None:
-            label_file = next((root / n for n in LABEL_NAMES if (root / n).is_file()), None)
+            label_file = next((root / n for n in LABEL_NAMES if (root / n).exists()), None)
             if label_file is None:
                 problems.add(root, None, f"no label file ({', '.join(LABEL_NAMES)}) found")
                 return [], problems
-        lines = read_text_lines(label_file, problems)
+        lines = read_text_lines(label_file, root, problems, MAX_INDEX_FILE_BYTES)
         if lines is None:
             return [], problems
         samples = []

@@ -18,14 +18,17 @@ import shutil
 from pathlib import Path
 
 from ..errors import ProblemList
+from ..limits import MAX_INDEX_FILE_BYTES
 from ..manifest import ManifestRecord, atomic_write_text
 from .base import (
     DatasetReader,
     LabelLine,
     Sample,
     check_root,
+    json_value,
     looks_absolute,
     normalise_label_path,
+    parse_points,
     read_text_lines,
 )
 
@@ -46,10 +49,10 @@ class PPOCRLabelReader(DatasetReader):
         if not check_root(root, problems):
             return [], problems
         label = label_file or root / self.default_label_file
-        if not label.is_file():
+        if not label.exists():  # a FIFO or a device exists: read_text_lines refuses it by name
             problems.add(label, None, "label file does not exist (PPOCRLabel writes Label.txt)")
             return [], problems
-        lines = read_text_lines(label, problems)
+        lines = read_text_lines(label, root, problems, MAX_INDEX_FILE_BYTES)
         if lines is None:
             return [], problems
         samples: list[Sample] = []
@@ -69,9 +72,15 @@ class PPOCRLabelReader(DatasetReader):
                 image = next((b / rel for b in bases if (b / rel).is_file()), bases[0] / rel)
             sample = Sample(image=image, raw_path=rel, file=str(label), line=n)
             try:
-                items = json.loads(json_part)
+                items, end = json_value(json_part.rstrip())
+                if end != len(json_part.rstrip()):
+                    raise json.JSONDecodeError("Extra data", json_part, end)
             except json.JSONDecodeError as e:
-                problems.add(label, n, f"invalid JSON after the tab: {e.msg} (column {e.colno})")
+                col = len(path_part) + 1 + e.colno
+                problems.add(label, n, f"invalid JSON after the tab: {e.msg} (column {col})")
+                continue
+            except ValueError as e:
+                problems.add(label, n, f"invalid JSON after the tab: {e}")
                 continue
             if not isinstance(items, list):
                 problems.add(label, n, "expected a JSON list of boxes after the tab")
@@ -81,13 +90,10 @@ class PPOCRLabelReader(DatasetReader):
                 if not isinstance(item, dict) or "points" not in item:
                     problems.add(label, n, "box has no \"points\"", where)
                     continue
-                pts = item["points"]
                 try:
-                    points = [[float(p[0]), float(p[1])] for p in pts]
-                    if any(len(p) != 2 for p in pts):
-                        raise ValueError
-                except (TypeError, ValueError, IndexError):
-                    problems.add(label, n, f"points must be [[x, y], ...], got {pts!r:.60}", where)
+                    points = parse_points(item["points"])
+                except ValueError as e:
+                    problems.add(label, n, str(e), where)
                     continue
                 text = item.get("transcription", "")
                 if not isinstance(text, str):

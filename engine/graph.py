@@ -43,7 +43,7 @@ SUMMARY_FILE = "summary.json"
 DB_FILE = ".doit.db"
 LOCK_FILE = ".lock"
 
-STAGE_ORDER = ("data", "train", "evaluate", "prune", "export", "build", "verify", "ship", "check")
+STAGE_ORDER = ("data", "train", "evaluate", "prune", "qat", "export", "build", "verify", "ship", "check")
 
 
 class _StateDB(SqliteDB):
@@ -118,6 +118,17 @@ def _init_files(loaded: LoadedRecipe, model: str) -> tuple[str, ...]:
     return (str(path),) if path is not None and path.is_file() else ()
 
 
+def compat_opsets(loaded: LoadedRecipe) -> list[int]:
+    """Older ONNX opsets the recipe's TensorRT targets need besides optimize.export.opset (a
+    Jetson Nano's TensorRT 8.2 parses opset 13 at most); export writes one more model each."""
+    from .compress.tensorrt import max_onnx_opset  # standard library only
+
+    opset = loaded.recipe.optimize.export.opset
+    need = {max_onnx_opset(p.tensorrt.version) for p in loaded.profiles.values()
+            if p.runtime == "tensorrt" and p.tensorrt is not None}
+    return sorted(v for v in need if v < opset)
+
+
 def compile_stages(loaded: LoadedRecipe) -> tuple[list[Stage], dict[str, str]]:
     """The stages a recipe needs, in execution order, and notices for stages left out."""
     r = loaded.recipe
@@ -150,7 +161,21 @@ def compile_stages(loaded: LoadedRecipe) -> tuple[list[Stage], dict[str, str]]:
         export_needs = ("prune", *trained)
     else:
         notices["prune"] = "optimize.prune.amount is 0"
-    out.append(Stage("export", "export", None, ("data", *export_needs), {"optimize.export": sec("optimize.export")}))
+    qat = r.optimize.quantize.qat
+    if qat.models:
+        from .compress.grid import qat_reduce_range  # standard library only
+
+        key = {
+            "optimize.quantize.qat": sec("optimize.quantize.qat"),
+            "qat.reduce_range": qat_reduce_range(loaded),
+            **{f"train@{m}": r.train.for_model(m) for m in qat.models},
+        }
+        out.append(Stage("qat", "qat", None, ("data", *export_needs), key))
+        export_needs = ("qat", *export_needs)
+    else:
+        notices["qat"] = "optimize.quantize.qat.models is empty"
+    export_key = {"optimize.export": sec("optimize.export"), "targets.opsets": compat_opsets(loaded)}
+    out.append(Stage("export", "export", None, ("data", *export_needs), export_key))
 
     for target in r.targets:
         profile = loaded.profiles[target].model_dump(mode="json")

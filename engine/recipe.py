@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from .config import (
@@ -34,6 +42,13 @@ from .config import (
     suggest,
     to_plain,
     validate_document,
+)
+from .models.registry import (
+    ModelConfigError,
+    arch_names,
+    input_spec,
+    resolve_variant,
+    variant_names,
 )
 
 DEFAULT_CHARSET_SPEC = "0-9A-Za-z -:./%()#+,"
@@ -88,14 +103,41 @@ class DatasetSpec(Strict):
 # --------------------------------------------------------------------------------- models
 
 
+# Architecture and variant names come from the model registry (engine/models/registry.py): a new
+# architecture there is a new choice here. Variants, heights and widths left null take the
+# architecture's defaults, so `arch: ppocrv6` alone is a complete model section.
+DetectorArch = Literal[arch_names("detector")]  # type: ignore[valid-type]
+RecognizerArch = Literal[arch_names("recognizer")]  # type: ignore[valid-type]
+DEFAULT_DETECTOR = "ppocrv6"  # PP-OCRv6 small, pretrained (engine/models/ppocr)
+DEFAULT_RECOGNIZER = "ppocrv6"
+
+
+def _variant(kind: str, v: str | None, info: ValidationInfo) -> str | None:
+    arch = info.data.get("arch")
+    if arch is None:  # the arch itself failed validation; that error is reported
+        return v
+    try:
+        return resolve_variant(kind, arch, v)
+    except ModelConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
 class DetectorSpec(Strict):
-    arch: Literal["dbnet"] = "dbnet"
-    backbone: Literal["mobilenetv3", "resnet18"] = "mobilenetv3"
+    arch: DetectorArch = Field(DEFAULT_DETECTOR,  # type: ignore[valid-type]
+        description="ppocrv6 (pretrained PP-OCRv6 small) or dbnet (this project's own, smallest)")
+    backbone: str | None = Field(
+        None, validate_default=True, json_schema_extra={"enum": [*variant_names("detector"), None]},
+        description="null = the architecture's (ppocrv6: lcnetv4, dbnet: mobilenetv3)")
     input_size: int = Field(640, ge=64, le=4096, description="longer image side, multiple of 32")
     train_size: int | None = Field(
         None, ge=64, le=4096, description="square training crop (multiple of 32); null = input_size"
     )
-    init: str | None = Field("base", description="'base' (shipped weights), a checkpoint path, or null")
+    init: str | None = Field("base", description="'base' (the architecture's pretrained / shipped weights), a checkpoint path, or null")
+
+    @field_validator("backbone")
+    @classmethod
+    def _backbone(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return _variant("detector", v, info)
 
     @field_validator("input_size", "train_size")
     @classmethod
@@ -106,11 +148,37 @@ class DetectorSpec(Strict):
 
 
 class RecognizerSpec(Strict):
-    arch: Literal["crnn"] = "crnn"
-    sequence: Literal["bilstm", "conv"] = "bilstm"
-    height: Literal[32, 48] = 32
-    max_width: int = Field(320, ge=32, le=2048)
-    init: str | None = Field("base", description="'base' (shipped weights), a checkpoint path, or null")
+    arch: RecognizerArch = Field(DEFAULT_RECOGNIZER,  # type: ignore[valid-type]
+        description="ppocrv6 (pretrained PP-OCRv6 small) or crnn (this project's own, smallest)")
+    sequence: str | None = Field(
+        None, validate_default=True, json_schema_extra={"enum": [*variant_names("recognizer"), None]},
+        description="null = the architecture's (ppocrv6: svtr, crnn: bilstm)")
+    height: Literal[32, 48] | None = Field(
+        None, validate_default=True, description="line height fed to the recognizer; null = the architecture's (ppocrv6: 48, crnn: 32)")
+    max_width: int | None = Field(
+        None, ge=32, le=4096, validate_default=True,
+        description="widest resized line; null = the architecture's (ppocrv6: 960, crnn: 320)")
+    init: str | None = Field("base", description="'base' (the architecture's pretrained / shipped weights), a checkpoint path, or null")
+
+    @field_validator("sequence")
+    @classmethod
+    def _sequence(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return _variant("recognizer", v, info)
+
+    @field_validator("height", "max_width")
+    @classmethod
+    def _arch_default(cls, v: int | None, info: ValidationInfo) -> int | None:
+        arch = info.data.get("arch")
+        if arch is None:
+            return v
+        spec = input_spec("recognizer", arch)
+        if info.field_name == "height":
+            if v is None:
+                return int(spec["default_height"])
+            if v not in spec["heights"]:
+                raise ValueError(f"a {arch} recognizer reads lines {' or '.join(map(str, spec['heights']))} px high (got {v})")
+            return v
+        return int(spec["default_max_width"]) if v is None else v
 
 
 class PostprocessSpec(Strict):
@@ -148,6 +216,10 @@ _TRAIN_KNOBS: dict[str, tuple[Any, dict[str, Any]]] = {
     "weight_decay": (float, {"ge": 0, "le": 1}),
     "grad_clip": (float, {"ge": 0}),
     "checkpoint_every": (int, {"ge": 1}),
+    # fine-tuning a pretrained net: the backbone's lr as a fraction of `lr` (0 freezes it)
+    "backbone_lr": (float, {"ge": 0, "le": 10}),
+    # iterations per epoch, each epoch a fresh random subset (null: one pass over the data)
+    "steps_per_epoch": (int, {"ge": 1, "le": 10_000_000}),
 }
 
 # Per-model defaults; `train:` values override both models, `train.detector:` only one.
@@ -155,12 +227,12 @@ TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "detector": {
         "epochs": 20, "batch_size": 8, "lr": 2e-4, "min_lr": 1e-6, "warmup_epochs": 1.0,
         "schedule": "cosine", "optimizer": "adam", "weight_decay": 0.0, "grad_clip": 5.0,
-        "checkpoint_every": 5,
+        "checkpoint_every": 5, "backbone_lr": 1.0, "steps_per_epoch": None,
     },
     "recognizer": {
         "epochs": 20, "batch_size": 32, "lr": 2e-4, "min_lr": 1e-6, "warmup_epochs": 1.0,
         "schedule": "cosine", "optimizer": "adam", "weight_decay": 0.0, "grad_clip": 5.0,
-        "checkpoint_every": 5,
+        "checkpoint_every": 5, "backbone_lr": 1.0, "steps_per_epoch": None,
     },
 }
 
@@ -272,11 +344,23 @@ class CalibrationSpec(Strict):
                 for k in ("method", "samples", "percentile")}
 
 
+class QatSpec(Strict):
+    """Quantization-aware fine-tuning of the weights before export (engine/compress/qat.py)."""
+
+    models: list[Literal["detector", "recognizer"]] = Field(
+        [], description="models whose weights are fine-tuned on their int8 grid; [] = off")
+    epochs: int = Field(1, ge=1, le=1000)
+    steps_per_epoch: int | None = Field(60, ge=1, description="null: one pass over the training data")
+    lr: float = Field(5e-5, gt=0, le=1)
+    warmup_epochs: float = Field(0.1, ge=0, le=1000)
+
+
 class QuantizeSpec(Strict):
     per_channel: bool = True
     reduce_range: bool | None = Field(None, description="null: the target profile decides")
     max_drop: float = Field(0.01, ge=0, le=1, description="int8 accuracy drop that triggers exclusions")
     exclude: list[str] = Field([], description="node names kept in float")
+    qat: QatSpec = QatSpec()
 
 
 class OptimizeSpec(Strict):

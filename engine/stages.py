@@ -29,6 +29,7 @@ IMPLEMENTATIONS: dict[str, str | None] = {
     "train": "engine.training.stage:run_train",
     "evaluate": "engine.training.stage:run_evaluate",
     "prune": "engine.compress.stage:run_prune",
+    "qat": "engine.compress.qat:run_qat",
     "export": "engine.compress.stage:run_export",
     "build": "engine.compress.stage:run_build",
     "verify": "engine.deploy.stage:run_verify",

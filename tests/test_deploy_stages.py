@@ -51,8 +51,8 @@ profiles: [{profiles}]
 dataset:
   synthetic: {{count: 4, val_count: 2, seed: 3, image_size: [256, 192]}}
 models:
-  detector: {{input_size: 128, init: null}}
-  recognizer: {{sequence: conv, max_width: 160, init: null}}
+  detector: {{arch: dbnet, input_size: 128, init: null}}
+  recognizer: {{arch: crnn, sequence: conv, max_width: 160, init: null}}
 train:
   epochs: 1
   detector: {{batch_size: 4}}

@@ -24,8 +24,8 @@ name: tiny
 dataset:
   synthetic: {count: 6, val_count: 2, seed: 11, image_size: [320, 240]}
 models:
-  detector: {input_size: 320, train_size: 192, init: base}
-  recognizer: {sequence: conv, max_width: 160, init: base}
+  detector: {arch: dbnet, input_size: 320, train_size: 192, init: base}
+  recognizer: {arch: crnn, sequence: conv, max_width: 160, init: base}
 train:
   epochs: 1
   detector: {batch_size: 4}

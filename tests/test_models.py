@@ -55,7 +55,7 @@ def test_registry_builds_every_default_and_reports_unknown_names():
         build_recognizer("crnn", "lstm", num_classes=5, height=32)
     with pytest.raises(ModelConfigError, match="did you mean 'inner_channels'"):
         build_detector("dbnet", "resnet18", inner_channel=64)
-    with pytest.raises(ModelConfigError, match="multiple of 16"):
+    with pytest.raises(ModelConfigError, match=r"height must be one of \[32, 48\]"):
         build_recognizer("crnn", "conv", num_classes=5, height=40)
     with pytest.raises(ModelConfigError, match="num_classes"):
         build_recognizer("crnn", "conv", num_classes=1, height=32)

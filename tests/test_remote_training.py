@@ -38,8 +38,8 @@ name: remote-tiny
 dataset:
   synthetic: {{count: 4, val_count: 2, seed: 11, image_size: [320, 240]}}
 models:
-  detector: {{input_size: 320, train_size: 128, init: null}}
-  recognizer: {{sequence: conv, max_width: 96, init: base}}
+  detector: {{arch: dbnet, input_size: 320, train_size: 128, init: null}}
+  recognizer: {{arch: crnn, sequence: conv, max_width: 96, init: base}}
 train:
   epochs: {epochs}
   detector: {{batch_size: 4}}

@@ -29,8 +29,10 @@ engine.runtime.bundle_manifest), all JSON:
 - ``precision``: the active candidate; ``candidates``: {precision: {detector, recognizer}}
   (relpaths; the active pair is ``candidates[precision]`` — kept in one place so switching the
   active precision is a one-key change);
-- ``charset`` (expanded, class i+1 = charset[i]); ``detector``: {input, max_side};
-  ``recognizer``: {input, height, max_width, batch}; ``postprocess``: {thresh, box_thresh,
+- ``charset`` (expanded, class i+1 = charset[i]); ``detector``: {input, max_side, channels,
+  mean, std}; ``recognizer``: {input, height, max_width, batch, channels, mean, std,
+  downsample} (the input conventions of engine.models.registry; a manifest without them is
+  read with this project's DBNet / CRNN conventions); ``postprocess``: {thresh, box_thresh,
   unclip_ratio, shrink_ratio, min_text_score}; ``threads``; ``providers``;
 - ``exclusions`` (int8 nodes kept in float), ``onnxruntime`` (the version that built and
   checked the models), ``versions`` (python, numpy, onnxruntime, opencv, pyclipper here),

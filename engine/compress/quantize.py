@@ -61,7 +61,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from engine.runtime.preprocess import detector_input, recognizer_input
+from engine.runtime.preprocess import detector_input, norm_of, recognizer_input
 
 from . import atomic_replace, temp_path_beside
 
@@ -83,6 +83,9 @@ CALIBRATION_METHODS: dict[str, CalibrationMethod] = {
 }
 #: ops whose weights are quantized and which are candidates to keep in float
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+#: operators never quantized: a LayerNorm's scale is no per-channel conv weight (onnxruntime would
+#: try, warn and round it per tensor) and its statistics need float
+FLOAT_OPS = ("LayerNormalization",)
 
 
 class QuantizationError(RuntimeError):
@@ -157,12 +160,15 @@ class ImageCalibrationReader(CalibrationDataReader):
         samples: int | None = None,
         input_name: str = "input",
         seed: int = 0,
+        inputs: dict[str, Any] | None = None,
     ) -> ImageCalibrationReader:
-        """One image per batch (sizes differ with aspect ratio), ``detector_input(img, max_side)``."""
+        """One image per batch (sizes differ with aspect ratio), ``detector_input(img, max_side)``
+        with the detector's input convention ``inputs`` (engine.models.registry)."""
         chosen = _subset(images, samples, seed)
         side = (max_side + 31) // 32 * 32
-        return cls(chosen, lambda b: detector_input(_load_rgb(b[0]), max_side)[0], input_name, 1,
-                   fixed_hw=(side, side))
+        norm = norm_of(inputs)
+        return cls(chosen, lambda b: detector_input(_load_rgb(b[0]), max_side, **norm)[0], input_name,
+                   1, fixed_hw=(side, side))
 
     @classmethod
     def recognizer(
@@ -174,12 +180,15 @@ class ImageCalibrationReader(CalibrationDataReader):
         batch_size: int = 1,
         input_name: str = "input",
         seed: int = 0,
+        inputs: dict[str, Any] | None = None,
     ) -> ImageCalibrationReader:
-        """Batches of crops through ``recognizer_input(crops, height, max_width)``."""
+        """Batches of crops through ``recognizer_input(crops, height, max_width)`` with the
+        recognizer's input convention ``inputs``."""
         chosen = _subset(crops, samples, seed)
+        norm = norm_of(inputs)
         return cls(
             chosen,
-            lambda b: recognizer_input([_load_rgb(c) for c in b], height, max_width),
+            lambda b: recognizer_input([_load_rgb(c) for c in b], height, max_width, **norm),
             input_name,
             batch_size,
             fixed_hw=(height, max_width // 8 * 8),
@@ -363,10 +372,14 @@ def quantize_static_qdq(
             # CalibMaxIntermediateOutputs: onnxruntime 1.32 discards, not folds, at that limit.
             extra["CalibStridedMinMax"] = stride
         extra.update(calib_options or {})
+        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+        op_types = sorted((set(QLinearOpsRegistry) | set(QDQRegistry)) - set(FLOAT_OPS))  # ORT's default, less
         quantize_static(
             str(pre),
             str(tmp_out),
             calibration_reader,
+            op_types_to_quantize=op_types,
             quant_format=QuantFormat.QDQ,
             per_channel=per_channel,
             reduce_range=reduce_range,
@@ -459,7 +472,6 @@ def rank_sensitive_nodes(
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
         compute_signal_to_quantization_noice_ratio,
-        compute_weight_error,
         create_activation_matching,
         create_weight_matching,
         modify_model_output_intermediate_tensors,
@@ -471,11 +483,15 @@ def rank_sensitive_nodes(
     # quantizer, absent from the float model); those are expected, so silence them.
     logging.disable(logging.ERROR)
     try:
-        weight_err = compute_weight_error(
-            create_weight_matching(str(preprocessed_fp32_path), str(int8_path))
-        )
+        matching = create_weight_matching(str(preprocessed_fp32_path), str(int8_path))
     finally:
         logging.disable(logging.NOTSET)
+    weight_err: dict[str, float] = {}
+    for name, match in matching.items():
+        pair = (match.get("float"), match.get("dequantized"))
+        if any(a is None or np.ndim(a) == 0 for a in pair):
+            continue  # a scalar (a LayerNorm epsilon, a folded constant): nothing to rank
+        weight_err[name] = float(compute_signal_to_quantization_noice_ratio(pair[0], pair[1]))
     act_err: dict[str, float] = {}
     if feeds:
         with tempfile.TemporaryDirectory(prefix="qdq_debug.") as tmp:

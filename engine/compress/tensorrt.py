@@ -33,6 +33,8 @@ from . import atomic_write_bytes
 
 __all__ = [
     "TensorRTPlanError",
+    "check_onnx_ops",
+    "max_onnx_opset",
     "maybe_build_locally",
     "parse_version",
     "shape_arg",
@@ -57,6 +59,54 @@ def parse_version(version: str) -> tuple[int, ...]:
     if parts[0] < 7:
         raise TensorRTPlanError(f"TensorRT {version} is too old (engine plans need >= 7)")
     return parts
+
+
+# ONNX operators the TensorRT ONNX parser accepts, from onnx-tensorrt's docs/operators.md of each
+# release branch ("TensorRT 8.2 supports operators up to Opset 13"; the 8.2 and 8.4 matrices list
+# the same operators, 8.5 adds the opset 14-17 ones below). A Jetson Nano stays on JetPack 4.6,
+# i.e. TensorRT 8.2: an ONNX model for it must be opset <= 13 and use only these (torch then
+# writes HardSwish as HardSigmoid x Mul and LayerNorm as primitive ops). LayerNormalization is
+# parsed from TensorRT 8.6 on.
+_TRT82_OPS = frozenset(["Abs", "Acos", "Acosh", "Add", "And", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Celu", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "Cosh", "CumSum", "DepthToSpace", "DequantizeLinear", "Div", "Dropout", "Einsum", "Elu", "Equal", "Erf", "Exp", "Expand", "EyeLike", "Flatten", "Floor", "Gather", "GatherElements", "GatherND", "Gemm", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "Greater", "GreaterOrEqual", "GRU", "HardSigmoid", "Identity", "If", "ImageScaler", "InstanceNormalization", "IsNaN", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax", "Loop", "LRN", "LSTM", "LpNormalization", "LpPool", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mul", "Neg", "Not", "Or", "Pad", "ParametricSoftplus", "Pow", "PRelu", "QuantizeLinear", "RandomUniform", "RandomUniformLike", "Range", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape", "Resize", "ReverseSequence", "RNN", "Round", "ScaledTanh", "Scan", "Scatter", "ScatterElements", "ScatterND", "Selu", "Shape", "Sigmoid", "Sign", "Sin", "Sinh", "Size", "Slice", "Softmax", "Softplus", "Softsign", "SpaceToDepth", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tan", "Tanh", "ThresholdedRelu", "Tile", "TopK", "Transpose", "Unsqueeze", "Upsample", "Where", "Xor"])
+_TRT85_OPS = _TRT82_OPS | frozenset(["GridSample", "HardSwish", "MeanVarianceNormalization", "Mod", "NonMaxSuppression", "NonZero", "OneHot", "RandomNormal", "RandomNormalLike", "Reciprocal", "RoiAlign", "Shrink", "Trilu"])
+_TRT86_OPS = _TRT85_OPS | {"LayerNormalization"}
+#: (major, minor) from which -> (max ONNX opset, operators); the newest entry not above the
+#: profile's version applies
+TRT_ONNX_SUPPORT: dict[tuple[int, int], tuple[int, frozenset[str]]] = {
+    (7, 0): (11, _TRT82_OPS),
+    (8, 0): (13, _TRT82_OPS),
+    (8, 5): (17, _TRT85_OPS),
+    (8, 6): (17, _TRT86_OPS),
+    (10, 0): (20, _TRT86_OPS | {"GroupNormalization"}),
+}
+
+
+def _support(trt_version: str) -> tuple[int, frozenset[str]]:
+    version = parse_version(trt_version)[:2]
+    key = max(k for k in TRT_ONNX_SUPPORT if k <= version)
+    return TRT_ONNX_SUPPORT[key]
+
+
+def max_onnx_opset(trt_version: str) -> int:
+    """The newest ONNX opset this TensorRT version's parser accepts (8.2: 13)."""
+    return _support(trt_version)[0]
+
+
+def check_onnx_ops(model_path: str | Path, trt_version: str) -> list[str]:
+    """Problems of an ONNX file for this TensorRT version: an opset above its maximum, or
+    operators its parser lacks (empty when the file fits)."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    max_opset, ops = _support(trt_version)
+    problems = []
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset > max_opset:
+        problems.append(f"opset {opset} > {max_opset}, the newest TensorRT {trt_version} parses")
+    missing = sorted({n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")} - ops)
+    if missing:
+        problems.append(f"operators TensorRT {trt_version} does not parse: {', '.join(missing)}")
+    return problems
 
 
 def shape_arg(shape: Sequence[int]) -> str:

@@ -39,7 +39,7 @@ import onnxruntime as ort
 
 from .bundle_manifest import BundleError, read_manifest, verify_bundle
 from .postprocess import crop_polygon, ctc_greedy_decode, db_boxes, sort_reading_order
-from .preprocess import detector_input, recognizer_input, recognizer_widths
+from .preprocess import detector_input, norm_of, recognizer_input, recognizer_widths
 
 __all__ = [
     "OCRPipeline",
@@ -261,7 +261,7 @@ class OCRPipeline:
 
     def detect(self, image: np.ndarray) -> list[tuple[np.ndarray, float]]:
         """(points in original coordinates, box score) in reading order."""
-        x, scale = detector_input(image, int(self.det_cfg["max_side"]))
+        x, scale = detector_input(image, int(self.det_cfg["max_side"]), **norm_of(self.det_cfg))
         prob = self.detector.run(x)
         p = self.post_cfg
         shrink = p.get("shrink_ratio")  # exact inverse of the training label shrink when set
@@ -275,12 +275,14 @@ class OCRPipeline:
         if not crops:
             return []
         height, max_width = int(self.rec_cfg["height"]), int(self.rec_cfg["max_width"])
+        downsample = int(self.rec_cfg.get("downsample", 4))  # input columns per CTC step
         widths = recognizer_widths(crops, height, max_width)
         results: list[tuple[str, float]] = [("", 0.0)] * len(crops)
         for chunk in batch_by_width(widths, int(self.rec_cfg.get("batch", 8))):
-            x = recognizer_input([crops[i] for i in chunk], height, max_width)
+            x = recognizer_input([crops[i] for i in chunk], height, max_width, **norm_of(self.rec_cfg))
             logits = self.recognizer.run(x)
-            decoded = ctc_greedy_decode(logits, self.charset, lengths=[widths[i] // 4 for i in chunk])
+            decoded = ctc_greedy_decode(logits, self.charset,
+                                        lengths=[widths[i] // downsample for i in chunk])
             for i, r in zip(chunk, decoded, strict=True):
                 results[i] = r
         return results

@@ -72,6 +72,7 @@ class DetectionDataset(Dataset):
         thresh_min: float = 0.3,
         thresh_max: float = 0.7,
         min_text_size: float = 8.0,
+        inputs: dict[str, Any] | None = None,
     ):
         if size % 32:
             raise ValueError(f"detector training size must be a multiple of 32, got {size}")
@@ -80,6 +81,7 @@ class DetectionDataset(Dataset):
         self.augment = augment
         self.aug = aug or DetAugConfig(size=size)
         self.aug.size = self.size
+        self.inputs = dict(inputs or {})  # the detector's input convention (registry)
         self.label_args = {
             "shrink_ratio": shrink_ratio,
             "thresh_min": thresh_min,
@@ -117,21 +119,21 @@ class DetectionDataset(Dataset):
         else:
             image, polys, _ = fit_to_size(image, polys, self.size)
         targets = make_db_targets(polys, ignore, self.size, self.size, **self.label_args)
-        item: dict[str, Any] = {"image": torch.from_numpy(detector_canvas(image, self.size))}
+        item: dict[str, Any] = {"image": torch.from_numpy(detector_canvas(image, self.size, self.inputs))}
         for key, value in targets.items():
             item[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
         item["index"] = index
         return item
 
 
-def detector_canvas(image: np.ndarray, size: int) -> np.ndarray:
+def detector_canvas(image: np.ndarray, size: int, inputs: dict[str, Any] | None = None) -> np.ndarray:
     """Normalise an image no larger than ``size`` at scale 1 and pad it to 3 x size x size.
 
     ``detector_input`` does the normalisation and its own stride padding; padding further with
     zeros continues that padding exactly (0 after normalisation is the mean colour), so training
     inputs look like the device's, bottom/right padding included.
     """
-    from engine.runtime.preprocess import detector_input
+    from engine.runtime.preprocess import detector_input, norm_of
 
     h, w = image.shape[:2]
     if h > size or w > size:
@@ -140,7 +142,7 @@ def detector_canvas(image: np.ndarray, size: int) -> np.ndarray:
         grown = np.zeros((h, max(w, 32), 3), dtype=np.uint8)
         grown[:, :w] = image
         image, w = grown, grown.shape[1]
-    tensor, scale = detector_input(image, max(h, w))
+    tensor, scale = detector_input(image, max(h, w), **norm_of(inputs))
     if scale != 1.0:
         raise RuntimeError(f"detector_input rescaled a {w}x{h} image by {scale}")
     out = np.zeros((3, size, size), dtype=np.float32)
@@ -248,22 +250,25 @@ class RecognitionCollate:
     """Batch crops with ``recognizer_input`` (resize to ``height``, pad to the widest).
 
     Returns ``image`` Nx3xHxW float32, ``targets`` (concatenated class ids), ``target_lengths``,
-    ``widths`` (each crop's width before padding) and ``input_lengths`` = widths // 4 (the CRNN
-    emits one step per 4 input columns), plus ``texts`` for logging/validation. A class (not a
-    closure) so DataLoader workers can pickle it.
+    ``widths`` (each crop's width before padding) and ``input_lengths`` = widths // downsample
+    (the CRNN emits one step per 4 input columns, PP-OCRv6 per 8), plus ``texts`` for
+    logging/validation. ``inputs``: the recognizer's input convention (registry). A class (not
+    a closure) so DataLoader workers can pickle it.
     """
 
-    def __init__(self, height: int = 32, max_width: int = 320, downsample: int = 4):
+    def __init__(self, height: int = 32, max_width: int = 320, downsample: int = 4,
+                 inputs: dict[str, Any] | None = None):
         self.height = int(height)
         self.max_width = int(max_width)
         self.downsample = int(downsample)
+        self.inputs = dict(inputs or {})
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        from engine.runtime.preprocess import recognizer_input, recognizer_widths
+        from engine.runtime.preprocess import norm_of, recognizer_input, recognizer_widths
 
         crops = [it["image"] for it in items]
         widths = recognizer_widths(crops, self.height, self.max_width)
-        batch = recognizer_input(crops, self.height, self.max_width)
+        batch = recognizer_input(crops, self.height, self.max_width, **norm_of(self.inputs))
         labels = [it["label"] for it in items]
         return {
             "image": torch.from_numpy(np.ascontiguousarray(batch)),

@@ -22,7 +22,16 @@ BASE_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
 def base_weights(model: str, spec: Any) -> Path:
-    """The shipped base checkpoint for a model spec (trained by bench/train_base.py)."""
+    """The file ``init: base`` stands for (no torch import: the graph lists it as a file
+    dependency). This project's own architectures: the checkpoint bench/train_base.py trained
+    and engine/weights/ ships; PP-OCRv6: the rapidocr wheel's ONNX, converted on first use
+    (engine.training.pretrained)."""
+    from ..models.registry import architecture
+
+    if architecture(model, spec.arch)["base"] == "ppocrv6":
+        from .pretrained import source_file
+
+        return source_file(model)
     if model == "detector":
         name = f"detector_{spec.arch}_{spec.backbone}.pt"
     else:
@@ -31,10 +40,21 @@ def base_weights(model: str, spec: Any) -> Path:
 
 
 def resolve_init(ctx: StageContext, model: str) -> str | None:
+    """The checkpoint a training run of ``model`` starts from (None: from scratch)."""
+    from ..models.registry import architecture
+
     spec = getattr(ctx.recipe.models, model)
     if spec.init is None:
         return None
     if spec.init == "base":
+        if architecture(model, spec.arch)["base"] == "ppocrv6":
+            from ..models.ppocr.convert import PretrainedError
+            from .pretrained import pretrained_checkpoint
+
+            try:
+                return str(pretrained_checkpoint(model))
+            except PretrainedError as exc:
+                raise StageFailed(f"models.{model}.init base: {exc}") from None
         path = base_weights(model, spec)
         if not path.is_file():
             raise StageFailed(
@@ -48,12 +68,15 @@ def resolve_init(ctx: StageContext, model: str) -> str | None:
     return str(path)
 
 
-def remap_charset(init: str, charset: str, out_path: Path) -> tuple[str, dict[str, int]]:
+def remap_charset(init: str, charset: str, out_path: Path) -> tuple[str, dict[str, Any]]:
     """Fine-tune a recognizer on a different charset without losing what it knows.
 
     The classifier's rows follow the charset order (row 0 = CTC blank, row i+1 = charset[i]).
     Rows of characters both charsets share are copied to their new positions; new characters get
-    the fresh layer's initialisation. Returns the checkpoint to initialise from and counts.
+    the fresh layer's initialisation. For PP-OCRv6 this cuts the 18,710-class head to the
+    recipe's charset: the model can then never emit a character outside it, and the head's cost
+    (~2.2 M MACs per step) shrinks with it. Returns the checkpoint to initialise from and
+    {"kept": n, "new": n, "new_chars": "..."}.
     """
     from ..models import build_recognizer
     from .checkpoint import load_checkpoint, save_checkpoint
@@ -68,19 +91,18 @@ def remap_charset(init: str, charset: str, out_path: Path) -> tuple[str, dict[st
         meta["arch"], meta["sequence"], num_classes=len(charset) + 1, height=int(meta["height"]),
         **meta.get("model_options", {}),
     ).state_dict()
-    kept = 0
+    where = {ch: j for j, ch in enumerate(old)}
     for key in ("classifier.weight", "classifier.bias"):
         rows = fresh[key].clone()
         rows[0] = state[key][0]  # blank
         for i, ch in enumerate(charset):
-            j = old.find(ch)
-            if j >= 0:
-                rows[i + 1] = state[key][j + 1]
-                kept += key.endswith("weight")
+            if ch in where:
+                rows[i + 1] = state[key][where[ch] + 1]
         state[key] = rows
+    new = "".join(ch for ch in charset if ch not in where)
     meta.update(charset=charset, num_classes=len(charset) + 1)
     save_checkpoint(out_path, {"model": {k: v.contiguous() for k, v in state.items()}, "meta": meta})
-    return str(out_path), {"kept": kept, "new": len(charset) - kept}
+    return str(out_path), {"kept": len(charset) - len(new), "new": len(new), "new_chars": new}
 
 
 def _fresh_or_resume(ctx: StageContext) -> bool:
@@ -144,6 +166,7 @@ def train_config(ctx: StageContext, model: str, *, epochs: int | None = None, ru
         warmup_epochs=t["warmup_epochs"], grad_clip=t["grad_clip"] or None, amp=t["amp"],
         seed=t["seed"], deterministic=t["deterministic"], num_workers=t["workers"],
         device=t["device"], save_every=t["checkpoint_every"], resume=True, name=ctx.name,
+        limit_train_batches=t["steps_per_epoch"],
         tty=None,
     )
 
@@ -160,12 +183,14 @@ def task_spec(ctx: StageContext, model: str) -> tuple[str, dict[str, Any]]:
             "manifest": str(data / "manifest.jsonl"), "arch": d.arch, "backbone": d.backbone,
             "train_size": d.train_size or d.input_size, "input_size": d.input_size,
             "postprocess": _postprocess(ctx), "val_limit": r.verify.samples,
+            "backbone_lr": r.train.for_model("detector")["backbone_lr"],
         }
     rec = r.models.recognizer
     return "engine.training.tasks:RecognizerTask", {
         "crops_root": str(data / "crops"), "charset": expand_charset(r.dataset.charset),
         "arch": rec.arch, "sequence": rec.sequence, "height": rec.height,
         "max_width": rec.max_width, "val_limit": None,
+        "backbone_lr": r.train.for_model("recognizer")["backbone_lr"],
     }
 
 
@@ -189,10 +214,11 @@ def run_train(ctx: StageContext) -> StageResult:
     if init and model == "recognizer":
         init, counts = remap_charset(init, kwargs["charset"], ctx.out_dir / "init_remapped.pt")
         if counts["new"]:
-            notes.append(f"charset differs from the init checkpoint: {counts['new']} new characters")
+            notes.append(f"charset differs from the init checkpoint: {counts['new']} new characters "
+                         f"{counts['new_chars']!r} start untrained")
     cfg.init = init
     if cfg.epochs == 0:  # re-quantize / re-target an existing model: `init` as it is
-        return _init_as_result(ctx, model, init, notes)
+        return _init_as_result(ctx, model, init, notes, kwargs)
     gpus = ctx.recipe.train.gpus
     try:
         if ctx.recipe.train.host:  # same job on a GPU host over SSH; checkpoints come back here
@@ -220,8 +246,15 @@ def run_train(ctx: StageContext) -> StageResult:
     )
 
 
-def _init_as_result(ctx: StageContext, model: str, init: str | None, notes: list[str]) -> StageResult:
-    """``epochs: 0``: the init checkpoint becomes checkpoints/best.pt untouched (weights+meta)."""
+#: checkpoint meta that are inference settings, not weights: with ``epochs: 0`` they come from
+#: the recipe (a zero-shot pretrained model read at the recipe's size and width)
+_SETTINGS = ("input_size", "train_size", "postprocess", "max_width")
+
+
+def _init_as_result(ctx: StageContext, model: str, init: str | None, notes: list[str],
+                    task_kwargs: dict[str, Any]) -> StageResult:
+    """``epochs: 0``: the init checkpoint's weights become checkpoints/best.pt untouched; its
+    inference settings (input size, width, postprocessing) are the recipe's."""
     from .checkpoint import load_checkpoint, save_checkpoint, sidecar_path
 
     if not init:  # the recipe validator already refuses this; kept for direct callers
@@ -231,7 +264,8 @@ def _init_as_result(ctx: StageContext, model: str, init: str | None, notes: list
         raise StageFailed(f"{init}: no model metadata (arch, charset): train at least one epoch")
     final = ctx.out_dir / "checkpoints" / "best.pt"
     final.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(final, {"model": ckpt["model"], "meta": ckpt.get("meta") or {}})
+    meta = {**(ckpt.get("meta") or {}), **{k: task_kwargs[k] for k in _SETTINGS if k in task_kwargs}}
+    save_checkpoint(final, {"model": ckpt["model"], "meta": meta})
     return StageResult(
         outputs=[final],
         metrics={"epochs": 0, "steps": 0, "init": Path(init).name},

@@ -26,6 +26,17 @@ from .datasets import DetectionDataset, RecognitionCollate, RecognitionDataset, 
 from .metrics import detection_metrics, recognition_metrics
 
 
+def backbone_param_groups(model: nn.Module, backbone_lr: float) -> list[dict[str, Any]]:
+    """The backbone's parameters at ``backbone_lr`` x the lr (frozen at 0), the rest at 1x."""
+    backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    if backbone_lr == 0:
+        for p in backbone:
+            p.requires_grad_(False)
+        return [{"params": rest}]
+    return [{"params": backbone, "lr_scale": float(backbone_lr)}, {"params": rest}]
+
+
 def _device_of(model: nn.Module) -> torch.device:
     try:
         return next(model.parameters()).device
@@ -56,11 +67,14 @@ class DetectorTask:
         loss: dict[str, Any] | None = None,
         val_limit: int | None = None,
         model: nn.Module | None = None,
+        backbone_lr: float = 1.0,
     ):
-        from engine.models import DBLoss, build_detector
+        from engine.models import DBLoss, build_detector, input_spec
 
         self.manifest = str(manifest)
         self.arch, self.backbone = arch, backbone
+        self.inputs = input_spec("detector", arch)
+        self.backbone_lr = float(backbone_lr)
         self.model_options = dict(model_options or {})
         self.train_size, self.input_size = int(train_size), int(input_size)
         self.aug = DetAugConfig(size=self.train_size, **(augment or {}))
@@ -75,8 +89,12 @@ class DetectorTask:
         if not self.val_records:
             self.metric = None
 
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        return backbone_param_groups(model, self.backbone_lr)
+
     def train_dataset(self) -> Dataset:
-        return DetectionDataset(self.manifest, "train", size=self.train_size, aug=self.aug)
+        return DetectionDataset(self.manifest, "train", size=self.train_size, aug=self.aug,
+                                inputs=self.inputs)
 
     def compute_loss(
         self, model: nn.Module, batch: dict[str, Any]
@@ -88,9 +106,9 @@ class DetectorTask:
     def predict(self, model: nn.Module, image: np.ndarray) -> list[tuple[np.ndarray, float]]:
         """Boxes of one RGB image in original coordinates, exactly as the device computes them."""
         from engine.runtime.postprocess import db_boxes
-        from engine.runtime.preprocess import detector_input
+        from engine.runtime.preprocess import detector_input, norm_of
 
-        x, scale = detector_input(image, self.input_size)
+        x, scale = detector_input(image, self.input_size, **norm_of(self.inputs))
         with torch.no_grad():
             prob = model(torch.from_numpy(x).to(_device_of(model)))
         if isinstance(prob, dict):  # a model left in train mode
@@ -145,8 +163,9 @@ class RecognizerTask:
         val_limit: int | None = None,
         val_batch_size: int = 64,
         model: nn.Module | None = None,
+        backbone_lr: float = 1.0,
     ):
-        from engine.models import build_recognizer
+        from engine.models import build_recognizer, input_spec
 
         self.crops_root = Path(crops_root)
         self.charset = charset
@@ -167,7 +186,10 @@ class RecognizerTask:
                 **self.model_options,
             )
         )
-        self.collate_fn = RecognitionCollate(self.height, self.max_width)
+        self.inputs = input_spec("recognizer", arch)
+        self.backbone_lr = float(backbone_lr)
+        self.downsample = int(self.inputs["downsample"])
+        self.collate_fn = RecognitionCollate(self.height, self.max_width, self.downsample, self.inputs)
         val_dir = self.crops_root / "val"
         self.val_samples = (
             [(p, t) for p, t in read_crop_labels(val_dir) if t]
@@ -179,6 +201,9 @@ class RecognizerTask:
         self.val_batch_size = int(val_batch_size)
         if not self.val_samples:
             self.metric = None
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        return backbone_param_groups(model, self.backbone_lr)
 
     def train_dataset(self) -> Dataset:
         return RecognitionDataset(
@@ -198,12 +223,12 @@ class RecognizerTask:
     def predict(self, model: nn.Module, crops: list[np.ndarray]) -> list[tuple[str, float]]:
         """Texts of RGB crops, exactly as the device decodes them."""
         from engine.runtime.postprocess import ctc_greedy_decode
-        from engine.runtime.preprocess import recognizer_input, recognizer_widths
+        from engine.runtime.preprocess import norm_of, recognizer_input, recognizer_widths
 
-        x = recognizer_input(crops, self.height, self.max_width)
+        x = recognizer_input(crops, self.height, self.max_width, **norm_of(self.inputs))
         with torch.no_grad():
             logits = model(torch.from_numpy(x).to(_device_of(model))).float().cpu().numpy()
-        lengths = [w // 4 for w in recognizer_widths(crops, self.height, self.max_width)]
+        lengths = [w // self.downsample for w in recognizer_widths(crops, self.height, self.max_width)]
         return ctc_greedy_decode(logits, self.charset, lengths=lengths)
 
     def validate(self, model: nn.Module) -> dict[str, float]:

@@ -1,0 +1,104 @@
+"""The default path for real, on a tiny generated dataset: PP-OCRv6 from the rapidocr wheel's
+weights, cut to the recipe's charset, fine-tuned a few steps, pruned, quantization-aware
+fine-tuned, exported (opset 17, and opset 13 for the Jetson Nano's TensorRT 8.2), built for an
+int8 CPU target and a TensorRT target, verified through the device runtime and checked.
+
+A few steps teach little; the pretrained models already read, so the floors below are real
+reading (a stage that broke a model would fall through them).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+from engine.graph import Pipeline
+from engine.recipe import load_recipe
+
+CHARSET = "0-9A-Za-z -:./%()#+,"
+RECIPE = f"""\
+name: tiny-ppocr
+dataset:
+  synthetic: {{count: 6, val_count: 2, seed: 23}}
+  charset: "{CHARSET}"
+models:
+  detector: {{arch: ppocrv6, input_size: 640, train_size: 256}}
+  recognizer: {{arch: ppocrv6, max_width: 640}}
+train:
+  epochs: 1
+  lr: 5.0e-5
+  warmup_epochs: 0
+  detector: {{batch_size: 4, steps_per_epoch: 1, backbone_lr: 0.1}}
+  recognizer: {{batch_size: 8, steps_per_epoch: 2, backbone_lr: 0}}
+optimize:
+  prune: {{amount: 0.2, finetune_epochs: 1, finetune_warmup: 0}}
+  quantize: {{qat: {{models: [recognizer], steps_per_epoch: 2}}}}
+  calibration: {{samples: 4}}
+targets: [local-cpu, jetson-nano]
+verify:
+  max_drop: 1.0
+  samples: 2
+"""
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    tmp = tmp_path_factory.mktemp("e2e-ppocr")
+    recipe = tmp / "tiny.yaml"
+    recipe.write_text(RECIPE)
+    pipeline = Pipeline(load_recipe(recipe, [f"workdir={tmp / 'runs'}"]))
+    report = pipeline.run()
+    assert report.ok, report.failed
+    return pipeline
+
+
+def test_every_stage_ran_from_the_pretrained_weights(finished: Pipeline) -> None:
+    summary = json.loads((finished.run_dir / "summary.json").read_text())
+    assert summary["failed"] == {}
+    assert {"qat", "prune", "export", "check:local-cpu", "verify:jetson-nano"} <= set(summary["executed"])
+    ev = summary["metrics"]["evaluate"]
+    # measured here: hmean 0.95, crop line accuracy 0.8 (zero-shot PP-OCRv6 on generated plates)
+    assert ev["hmean"] >= 0.7 and ev["whitespace_insensitive_accuracy"] >= 0.6, ev
+    assert ev["e2e_line_accuracy"] >= 0.3, ev
+    check = summary["metrics"]["check:local-cpu"]
+    assert check["hmean"] >= 0.6, check
+    qat = summary["metrics"]["qat"]
+    assert qat["qmax"] == 64 and qat["recognizer_layers"] > 50  # local-cpu: reduce_range
+    assert summary["metrics"]["prune"]["detector_params_after"] < summary["metrics"]["prune"]["detector_params_before"]
+
+
+def test_the_classifier_is_cut_to_the_charset(finished: Pipeline) -> None:
+    from engine.compress.prune import load_pruned
+    from engine.data.charset import expand_charset
+
+    model, extra = load_pruned(finished.run_dir / "qat" / "recognizer.qat.pt")
+    charset = expand_charset(CHARSET)
+    assert model.classifier.out_features == len(charset) + 1 == extra["meta"]["num_classes"]
+    assert extra["meta"]["charset"] == charset
+
+
+def test_the_bundle_carries_the_models_input_convention(finished: Pipeline) -> None:
+    manifest = json.loads((finished.run_dir / "verify" / "local-cpu" / "bundle" / "manifest.json").read_text())
+    assert manifest["detector"]["channels"] == manifest["recognizer"]["channels"] == "bgr"
+    assert manifest["recognizer"]["downsample"] == 8 and manifest["recognizer"]["height"] == 48
+    assert manifest["recognizer"]["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_the_jetson_nano_gets_models_its_tensorrt_parses(finished: Pipeline) -> None:
+    from engine.compress.tensorrt import check_onnx_ops
+
+    bundle = finished.run_dir / "verify" / "jetson-nano" / "bundle"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for precision, models in manifest["candidates"].items():
+        for name, rel in models.items():
+            model = onnx.load(str(bundle / rel))
+            assert model.opset_import[0].version == 13, (precision, name)
+            assert "LayerNormalization" not in {n.op_type for n in model.graph.node}
+            assert check_onnx_ops(bundle / rel, "8.2") == [], (precision, name)
+    plan = manifest["tensorrt"]["recognizer"]
+    assert plan["shapes"]["max"][2] == 48 and plan["shapes"]["max"][3] == 640
+    # the opset 17 export is what the CPU targets got: TensorRT 8.2 would refuse it
+    assert check_onnx_ops(Path(finished.run_dir, "export", "recognizer.onnx"), "8.2")

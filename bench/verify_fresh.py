@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                 acc = end_to_end_accuracy(make_session(bundle / "models" / d / "detector.onnx", 2),
                                           make_session(bundle / "models" / r / "recognizer.onnx", 2),
                                           images, gts, manifest["charset"], max_side=det["max_side"],
-                                          height=rec["height"], max_width=rec["max_width"], postprocess=post)
+                                          height=rec["height"], max_width=rec["max_width"], postprocess=post,
+                                          det_inputs=det, rec_inputs=rec)
                 row[f"{name}_images"] = len(images)
                 row[f"{name}_e2e_line_accuracy"] = round(acc["e2e_line_accuracy"], 4)
                 row[f"{name}_hmean"] = round(acc["hmean"], 4)

@@ -353,6 +353,12 @@ class QatSpec(Strict):
     steps_per_epoch: int | None = Field(60, ge=1, description="null: one pass over the training data")
     lr: float = Field(5e-5, gt=0, le=1)
     warmup_epochs: float = Field(0.1, ge=0, le=1000)
+    activations: bool = Field(
+        True, description="also fake-quantize each conv/linear input to uint8 (onnxruntime's "
+        "activation rounding), not only the weights")
+    backbone_lr: float = Field(
+        1.0, ge=0, le=10, description="the backbone's lr as a fraction of `lr`: every quantized "
+        "layer must adapt to its grid, so not the train stage's (often frozen) setting")
 
 
 class QuantizeSpec(Strict):

@@ -38,7 +38,7 @@ from .effects import (
     plate_homography,
     transform_points,
 )
-from .fonts import FontPicker
+from .fonts import FontPicker, discover_fonts
 from .layout import compose_plate
 
 STYLES = ("nameplate",)
@@ -78,9 +78,13 @@ def _sanitizer(charset: str) -> Sanitizer:
     return Sanitizer(charset)
 
 
-@lru_cache(maxsize=1)
-def _picker() -> FontPicker:
-    return FontPicker()
+@lru_cache(maxsize=8)
+def _picker(font_dirs: tuple[str, ...] | None = None) -> FontPicker:
+    """Faces from the system font directories, or from ``font_dirs`` alone (a held-out set of
+    typefaces no training split uses: bench/unseen_fonts.py)."""
+    if font_dirs is None:
+        return FontPicker()
+    return FontPicker(discover_fonts(tuple(font_dirs), fallback=False))
 
 
 def _check(style: str, level: str, charset: str) -> None:
@@ -174,19 +178,21 @@ def generate_sample(
     level: str = "line",
     style: str = "nameplate",
     return_mask: bool = False,
+    font_dirs: tuple[str, ...] | None = None,
 ) -> tuple[np.ndarray, list[Line]] | tuple[np.ndarray, list[Line], np.ndarray]:
     """One synthetic photo: (RGB uint8 HxWx3, lines) where lines are manifest-style dicts
     ``{"points": 4x[x, y] clockwise from the text's top-left, "text", "ignore"}``.
 
     ``size`` is (width, height).  With ``return_mask`` a third element is the text ink mask
     (uint8 HxW) warped by the same homography, before photometric effects (used by tests).
+    ``font_dirs``: render only with the fonts found there (default: the system's).
     """
     _check(style, level, charset)
     tune_allocator()
     w, h = int(size[0]), int(size[1])
     content = make_content(rng, _sanitizer(charset))
     wp, hp, closeup = _plate_size(rng, w, h)
-    plate = compose_plate(rng, content, wp, hp, _picker(), with_mask=return_mask)
+    plate = compose_plate(rng, content, wp, hp, _picker(font_dirs), with_mask=return_mask)
     scene = background(rng, h, w)
     hm = plate_homography(rng, wp, hp, w, h, closeup)
     pimg = _warp(plate.image, hm, w, h)

@@ -67,7 +67,7 @@ def remove_weight_fake_quant(model: nn.Module) -> None:
 
 
 def run_qat(ctx: StageContext) -> StageResult:
-    from ..training.ddp import resolve_factory
+    from ..training.launch import resolve_factory
     from ..training.loop import fit
     from ..training.stage import attempt_of, start_attempt, task_spec, train_config
     from .prune import save_pruned

@@ -111,7 +111,7 @@ def build_spec(meta: dict[str, Any]) -> dict[str, Any]:
 def run_prune(ctx: StageContext) -> StageResult:
     import torch
 
-    from ..training.ddp import resolve_factory
+    from ..training.launch import resolve_factory
     from ..training.loop import fit
     from ..training.stage import attempt_of, start_attempt, task_spec, train_config
     from ..training.tasks import model_from_checkpoint

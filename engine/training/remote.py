@@ -458,7 +458,7 @@ def worker(job_path: str, exit_with_stdin: bool = False) -> int:
     import fcntl
 
     from .checkpoint import CheckpointError
-    from .ddp import run_training
+    from .launch import run_training
     from .loop import TrainConfig, TrainingError
 
     path = Path(job_path)

@@ -202,7 +202,7 @@ def _postprocess(ctx: StageContext) -> dict[str, Any]:
 
 def run_train(ctx: StageContext) -> StageResult:
     from .checkpoint import CheckpointError
-    from .ddp import run_training
+    from .launch import run_training
     from .loop import TrainingError
 
     model = ctx.param or "detector"

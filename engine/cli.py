@@ -385,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(serve_cli(argv[1:], prog="recipe serve"))
     if argv[:2] == ["data", "synth"]:  # its own argument parser: `recipe data synth -h`
-        from .data.synth import synth_cli
+        from .data.synth_cli import synth_cli
 
         return int(synth_cli(argv[2:]))
     parser = build_parser()

@@ -44,3 +44,4 @@ lint:
 	$(PYTHON) -m engine.cli validate recipes/*.yaml
 	ruff check engine tests bench
 	mypy
+	lint-imports

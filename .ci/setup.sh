@@ -8,6 +8,7 @@ export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 APT_PACKAGES=(
   openssh-server openssh-client            # real sshd for the deploy tests (127.0.0.1 only)
   fonts-dejavu-core fonts-liberation2 fonts-freefont-ttf fonts-noto-mono   # synthetic data
+  fonts-lato fonts-open-sans fonts-roboto-unhinted fonts-firacode fonts-crosextra-caladea  # bench/unseen_fonts.py only
   debootstrap qemu-user-static binfmt-support zstd debian-archive-keyring   # the emulated Raspberry Pi
   chromium chromium-driver                 # a real headless browser for the device page's tests
 )

@@ -2,10 +2,12 @@
 
     python bench/peer.py                                       # 100 images, 2 threads each
     python bench/peer.py --count 20                            # a quick look
-    python bench/peer.py --bundle /path/to/build/local-cpu     # another bundle
+    python bench/peer.py --bundle runs/zero-shot/verify/local-cpu --precision fp32   # another bundle
     python bench/peer.py --rapid-python /tmp/peer-venv/bin/python   # RapidOCR from its own venv
 
-Goal (issue 7): at least RapidOCR's accuracy at <= 0.35x its latency on this machine.
+Goals (issue 17): end-to-end line accuracy >= RapidOCR's + 5 points, CER <= half of RapidOCR's,
+median latency <= 0.35x RapidOCR's on this machine; zero-shot (recipes/zero-shot.yaml, fp32)
+within 1 point of RapidOCR's line accuracy.
 
 Installing the peer.  ``pip install rapidocr==3.10.0``: its PP-OCR models (PP-OCRv6 small
 detector and recognizer, the mobile direction classifier) ship inside the wheel, so it runs
@@ -282,8 +284,9 @@ def _row(name: str, r: dict[str, Any]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bundle", type=Path, default=ROOT / "runs" / "nameplates" / "build" / "local-cpu",
-                    help="bundle directory or its build:TARGET stage directory")
+    ap.add_argument("--bundle", type=Path, default=ROOT / "runs" / "nameplates" / "verify" / "local-cpu",
+                    help="bundle directory or its stage directory (default: the flagship's verified "
+                         "local-cpu bundle, what ship installs)")
     ap.add_argument("--precision", help="bundle candidate (default: the manifest's active one)")
     ap.add_argument("--count", type=int, default=100, help="held-out images")
     ap.add_argument("--seed", type=int, default=424242, help="never a training seed")

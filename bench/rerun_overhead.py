@@ -44,7 +44,7 @@ def finish_toy_run(recipe: Path, workdir: Path) -> None:
         out.write_bytes(ctx.name.encode() * 1000)
         return stages.StageResult(outputs=[out])
 
-    for kind in stages.IMPLEMENTATIONS:
+    for kind in stages.BY_KIND:
         stages.register(kind, toy)
     report = Pipeline(load_recipe(recipe, [f"workdir={workdir}"])).run()
     stages.unregister()

@@ -42,11 +42,11 @@ def build_base_bundle(work: Path, threads: int) -> tuple[Path, list[Path]]:
     """An fp32 bundle from the shipped base weights, and generated nameplate images."""
     import cv2
 
-    from engine.compress.bundle import build_bundle
     from engine.compress.export import export_onnx
     from engine.data.synth import generate_dataset
+    from engine.deploy.bundle import build_bundle
     from engine.runtime.preprocess import detector_input, recognizer_input
-    from engine.training.stage import BASE_WEIGHTS_DIR
+    from engine.training.pretrained import BASE_WEIGHTS_DIR
     from engine.training.tasks import model_from_checkpoint
 
     images = generate_dataset(work / "images", count=8, seed=4242)

@@ -54,7 +54,7 @@ def install(checkpoint: Path, dest: Path, recipe: Path) -> None:
 def fresh_eval(detector: Path, recognizer: Path, count: int, seed: int) -> dict:
     from engine.data.prepare import prepare_dataset
     from engine.data.synth import generate_dataset
-    from engine.training.stage import evaluate_models
+    from engine.training.evaluate import evaluate_models
 
     with tempfile.TemporaryDirectory() as tmp:
         raw, prepared = Path(tmp) / "raw", Path(tmp) / "prepared"
@@ -80,7 +80,7 @@ def main() -> None:
 
     from engine.graph import Pipeline
     from engine.recipe import load_recipe
-    from engine.training.stage import BASE_WEIGHTS_DIR, base_weights
+    from engine.training.pretrained import BASE_WEIGHTS_DIR, base_weights
 
     both: tuple[str, ...] = ("detector", "recognizer")
     rounds: list[tuple[Path, tuple[str, ...], tuple[str, ...]]] = [

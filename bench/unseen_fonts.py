@@ -14,7 +14,7 @@ crop with:
   `epochs: 0` would ship it;
 - ``fine-tuned``: the run's train stage output; ``qat``: after the quantization-aware
   fine-tune, when the run has one;
-- the run's bundle (``--target``): its fp32 and int8 recognizer through the device runtime's
+- the run's built bundle (``--target``): its fp32 and int8 recognizer through the device runtime's
   pre- and post-processing.
 The same columns on the run's own val crops (the training fonts) give the other side.
 Prints a table and writes bench/results/unseen_fonts.json.
@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.compress.accuracy import read_crops
     from engine.compress.latency import make_session
     from engine.compress.prune import load_pruned
-    from engine.training.pretrained import pretrained_checkpoint
-    from engine.training.stage import remap_charset
+    from engine.training.pretrained import pretrained_checkpoint, remap_charset
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, default=ROOT / "runs" / "nameplates")
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "unseen_fonts.json")
     args = ap.parse_args(argv)
 
-    bundle = args.run / "verify" / args.target / "bundle"
+    bundle = args.run / "build" / args.target / "bundle"  # every candidate (verify keeps the chosen)
     manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
     charset, rec = manifest["charset"], manifest["recognizer"]
     sets = {"unseen fonts": unseen_crops(args.count, args.seed, charset),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"[bold]{pipeline.recipe.name}[/]: {len(report.executed)} executed, "
         f"{len(report.skipped)} up to date, {len(report.failed)} failed"
         + (f", {len(report.not_run)} not run" if report.not_run else "")
-        + f"  → {pipeline.run_dir / 'summary.json'}"
+        + f"  → {pipeline.layout.summary_file}"
     )
     for name, why in report.failed.items():
         console.print(f"[red]  {name}: {why}[/]")
@@ -123,26 +122,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from .graph import Pipeline, run_lock
+    from .graph import Pipeline
 
     pipeline = Pipeline(_load(args))
     if args.stage:
-        with run_lock(pipeline.run_dir):
-            dropped = pipeline.forget(args.stage)
-            for name in dropped:
-                shutil.rmtree(pipeline.out_dir(pipeline.by_name[name]), ignore_errors=True)
+        dropped = pipeline.clean(args.stage)
         print(f"cleaned: {', '.join(dropped)}")
         return EXIT_OK
-    if pipeline.run_dir.exists():
-        with run_lock(pipeline.run_dir):
-            for child in pipeline.run_dir.iterdir():
-                if child.name == ".lock":
-                    continue
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
-        shutil.rmtree(pipeline.run_dir, ignore_errors=True)
+    pipeline.layout.remove()
     print(f"removed {pipeline.run_dir}")
     return EXIT_OK
 
@@ -198,8 +185,9 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
     report = pipeline.run(only=["data"])
     if not report.ok:
         return EXIT_FAILED
-    records = [r for r in read_manifest(pipeline.run_dir / "data" / "manifest.jsonl") if r.split == args.split]
-    out = Path(args.out or pipeline.run_dir / "data" / f"preview_{args.split}.png")
+    dataset = (pipeline.layout.result("data") or {})["artifacts"]["dataset"]
+    records = [r for r in read_manifest(dataset["manifest"]) if r.split == args.split]
+    out = Path(args.out or pipeline.layout.stage_dir("data") / f"preview_{args.split}.png")
     write_contact_sheet(records[: args.count], out)
     print(f"wrote {out} ({min(args.count, len(records))} {args.split} images)")
     return EXIT_OK
@@ -219,28 +207,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Switch hosts of a target back to their previous (or a named) release."""
+    from .deploy.fleet import fleet_hosts, open_transport
     from .deploy.releases import rollback
-    from .deploy.stage import _hosts, _transport
     from .deploy.transport import DeployError
-    from .graph import Pipeline
-    from .stages import StageContext
+    from .recipe import load_recipe
+    from .rundir import RunDir
 
-    pipeline = Pipeline(_load(args))
-    if args.target not in pipeline.loaded.profiles:
+    loaded = load_recipe(args.recipe, args.set or ())
+    profile = loaded.profiles.get(args.target)
+    if profile is None:
         print(f"error: {args.target!r} is not a target of this recipe", file=sys.stderr)
         return EXIT_USAGE
-    ctx = StageContext(
-        loaded=pipeline.loaded, name=f"rollback:{args.target}", kind="rollback", param=args.target,
-        run_dir=pipeline.run_dir, out_dir=pipeline.run_dir, upstream={}, log=_null_logger(),
-    )
-    hosts = [h for h in _hosts(ctx) if args.host is None or h == args.host]
+    deploy = loaded.recipe.deploy.get(args.target)
+    install_dir = (deploy.install_dir if deploy and deploy.install_dir else None) or profile.install_dir
+    local_root = RunDir(loaded.recipe.run_dir).local_releases(install_dir, args.target)
+    hosts = [h for h in fleet_hosts(profile.transport, deploy) if args.host is None or h == args.host]
     if not hosts:
         print(f"error: no host {args.host!r} in deploy.{args.target}.hosts", file=sys.stderr)
         return EXIT_USAGE
     status = EXIT_OK
     for host in hosts:
         try:
-            with _transport(ctx, host) as t:
+            with open_transport(host, install_dir, deploy, local_root) as t:
                 release = rollback(t, args.to)
             print(f"{host or 'local'}: current -> {release[:12]}")
         except DeployError as exc:
@@ -252,23 +240,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """Rebuild RUN_DIR/report.html and report.md from what the stages last wrote."""
     from .graph import Pipeline
-    from .report import write_pipeline_report
 
     pipeline = Pipeline(_load(args))
     if not pipeline.run_dir.is_dir():
         print(f"error: {pipeline.run_dir}: no run directory yet (recipe run first)", file=sys.stderr)
         return EXIT_FAILED
-    html_path, md_path = write_pipeline_report(pipeline)
+    html_path, md_path = pipeline.write_report()
     print(f"wrote {html_path} and {md_path}")
     return EXIT_OK
-
-
-def _null_logger() -> Any:
-    import logging
-
-    log = logging.getLogger("engine.cli")
-    log.addHandler(logging.NullHandler())
-    return log
 
 
 # ------------------------------------------------------------------------------- parser
@@ -374,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .graph import GraphError
+    from .rundir import RunBusy
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["prelabel"]:  # its own argument parser: `recipe prelabel -h`
@@ -385,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(serve_cli(argv[1:], prog="recipe serve"))
     if argv[:2] == ["data", "synth"]:  # its own argument parser: `recipe data synth -h`
-        from .data.synth import synth_cli
+        from .data.synth_cli import synth_cli
 
         return int(synth_cli(argv[2:]))
     parser = build_parser()
@@ -395,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_USAGE
-    except GraphError as exc:
+    except (GraphError, RunBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -25,7 +25,7 @@ from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.composer import Composer
@@ -127,6 +127,12 @@ class _BoundedComposer(Composer):
             depth = max(depth, cdepth + 1)
         self._size[id(node)] = (size, depth)
         return node
+
+
+class Strict(BaseModel):
+    """Base of every recipe and profile section: unknown keys are errors, assignments re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .config import ConfigError, Diagnostic, Positions, read_yaml_file, validate_document
-from .recipe import Strict
+from .config import ConfigError, Diagnostic, Positions, Strict, read_yaml_file, validate_document
 
 BUILTIN_PROFILES_DIR = Path(__file__).resolve().parent.parent / "targets"
 PROFILES_ENV = "RECIPE_TARGETS_PATH"

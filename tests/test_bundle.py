@@ -20,7 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.compress.bundle import (
+from engine.compress.export import export_onnx
+from engine.data.charset import DEFAULT_CHARSET
+from engine.data.prepare import load_split
+from engine.data.validate import ValidationOptions
+from engine.deploy.bundle import (
     BUNDLE_FORMAT,
     build_bundle,
     pack_bundle,
@@ -28,10 +32,6 @@ from engine.compress.bundle import (
     set_active_precision,
     update_bundle_meta,
 )
-from engine.compress.export import export_onnx
-from engine.data.charset import DEFAULT_CHARSET
-from engine.data.prepare import load_split
-from engine.data.validate import ValidationOptions
 from engine.models import build_detector, build_recognizer
 from engine.runtime.bundle_manifest import BundleError, verify_bundle
 from engine.runtime.pipeline import OCRPipeline

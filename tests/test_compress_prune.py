@@ -189,12 +189,12 @@ def test_prune_stage_keeps_old_batchnorm_statistics_unless_they_score_worse(tmp_
     """An untrained detector finds nothing with either statistics: the tie keeps the old ones."""
     from test_training_tasks import _manifest
 
-    from engine.compress.stage import _renormalise
+    from engine.compress.prune import renormalise
     from engine.training.tasks import DetectorTask
 
     task = DetectorTask(_manifest(tmp_path), backbone="mobilenetv3", train_size=64, input_size=128)
     before = {k: v.clone() for k, v in task.model.state_dict().items()}
-    acc, reestimated = _renormalise(task, task.model, batch_size=2)
+    acc, reestimated = renormalise(task, task.model, batch_size=2)
     assert acc["hmean"] == 0 and reestimated is False
     for key, value in task.model.state_dict().items():
         assert torch.equal(value, before[key]), key
@@ -228,7 +228,7 @@ def test_sensitivity_allocation_removes_uniform_macs_where_the_loss_is_cheapest(
     from test_training_tasks import _manifest
 
     from engine.compress.prune import _MacModel, _output_positions
-    from engine.training.stage import BASE_WEIGHTS_DIR
+    from engine.training.pretrained import BASE_WEIGHTS_DIR
     from engine.training.tasks import DetectorTask, model_from_checkpoint
 
     base, _ = model_from_checkpoint(BASE_WEIGHTS_DIR / "detector_dbnet_mobilenetv3.pt")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from engine.training import ddp
+from engine.training import ddp, launch
 from engine.training.checkpoint import load_checkpoint
 from engine.training.loop import TrainConfig
 
@@ -45,14 +45,14 @@ def test_two_gloo_processes_end_identical(tmp_path: Path) -> None:
         tty=False,
         device="cpu",
     )
-    spec = ddp.write_spec(
+    spec = launch.write_spec(
         tmp_path / "spec.json",
         "toy_training:make_ddp_task",
         {"out_dir": str(tmp_path), "n": 24},
         cfg.to_dict(),
     )
     env = {"PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = ddp.launch(spec, 2, env=env, timeout=120, cwd=REPO)
+    proc = launch.launch(spec, 2, env=env, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)

@@ -28,14 +28,14 @@ from typing import Any
 import emulated_pi as epi
 import pytest
 
+from engine.deploy.bundle import bundle_labels, run_local_check
 from engine.deploy.preflight import bundle_arch, preflight
 from engine.deploy.releases import current_release, list_releases, rollback, ship
-from engine.deploy.stage import bundle_labels, run_local_check, score_predictions
 from engine.deploy.transport import DeployError, SSHTransport
 from engine.graph import Pipeline
 from engine.recipe import load_recipe
 from engine.targets import load_profiles
-from engine.training.metrics import edit_distance
+from engine.training.metrics import edit_distance, score_predictions
 
 pytest_plugins = ["sshd"]  # the plain x86 sshd for the "arm64 bundle, x86 host" refusal
 

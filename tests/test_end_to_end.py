@@ -1,5 +1,7 @@
 """The whole recipe for real on a tiny dataset: generate, train a few steps, evaluate, prune,
-export, quantize, bundle, verify through the device runtime, ship (local transport), check.
+fine-tune on the int8 grid (qat), export, quantize, bundle, verify through the device runtime,
+ship (local transport), check — every stage kind, with the strict recipe view (tests/conftest.py):
+a stage that reads a recipe field its stage-table row does not declare fails here.
 
 Small sizes keep it to a couple of minutes on 2 CPU cores; the recipe's accuracy bars are off
 because a few training steps learn little — the point is that every stage really runs and hands
@@ -15,6 +17,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pipeline_run import run_recipe_text
 
 from engine.graph import Pipeline
 from engine.recipe import load_recipe
@@ -32,6 +35,7 @@ train:
   recognizer: {batch_size: 16}
 optimize:
   prune: {amount: 0.25, allocation: sensitivity, finetune_epochs: 1, finetune_ema: 0.9, finetune_warmup: 0}
+  quantize: {qat: {models: [recognizer], steps_per_epoch: 4}}
   calibration: {samples: 4}
 targets: [local-cpu, rpi4, jetson-nano]
 verify:
@@ -42,18 +46,17 @@ verify:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Pipeline:
-    tmp = tmp_path_factory.mktemp("e2e")
-    recipe = tmp / "tiny.yaml"
-    recipe.write_text(RECIPE)
-    pipeline = Pipeline(load_recipe(recipe, [f"workdir={tmp / 'runs'}"]))
-    report = pipeline.run()
-    assert report.ok, report.failed
-    return pipeline
+    return run_recipe_text(tmp_path_factory.mktemp("e2e"), RECIPE)
 
 
 def test_every_stage_ran_and_produced_artifacts(finished):
+    from engine.stages import BY_KIND
+
     summary = json.loads((finished.run_dir / "summary.json").read_text())
     assert summary["failed"] == {}
+    # every stage kind ran, each through its strict recipe view: none read an undeclared field
+    assert {n.split(":")[0] for n in summary["executed"]} == set(BY_KIND)
+    assert summary["metrics"]["qat"]["recognizer_layers"] > 0
     assert "check:local-cpu" in summary["executed"]
     assert summary["not_applicable"]["ship:rpi4"] == "no hosts in deploy.rpi4.hosts"
     for target in ("local-cpu", "rpi4", "jetson-nano"):
@@ -143,7 +146,12 @@ def test_local_release_is_installed_and_checked(finished):
     assert current.is_symlink()
     manifest = json.loads((current / "manifest.json").read_text())
     assert manifest["precision"] in ("fp32", "int8")
-    assert manifest["verify"]["candidates"]  # auto: both measured, the faster passing one won
+    measured = manifest["verify"]["candidates"]  # auto: both measured, the faster passing one won
+    assert set(measured) == {"fp32", "int8"}
+    # verify.candidates: chosen - only the winner's model files travel to the device
+    assert set(manifest["candidates"]) == {manifest["precision"]}
+    onnx_files = sorted(p.relative_to(current).as_posix() for p in current.rglob("*.onnx"))
+    assert onnx_files == sorted(manifest["candidates"][manifest["precision"]].values())
     hosts = json.loads((finished.run_dir / "check" / "local-cpu" / "hosts.json").read_text())
     assert hosts["local"]["status"] == "ok"
     assert hosts["local"]["latency_p50_ms"] > 0
@@ -183,7 +191,7 @@ def test_epochs_zero_uses_init_as_it_is(tmp_path: Path) -> None:
     import torch
 
     from engine.training.checkpoint import load_checkpoint
-    from engine.training.stage import base_weights
+    from engine.training.pretrained import base_weights
 
     recipe = tmp_path / "requantize.yaml"
     recipe.write_text(RECIPE.replace("epochs: 1", "epochs: 0"))
@@ -213,8 +221,10 @@ def test_new_data_under_the_same_recipe_trains_fresh(tmp_path: Path) -> None:
     (file_dep) and must start over, not resume the finished checkpoint of the old data."""
     import logging
 
+    from engine.rundir import RunDir
     from engine.stages import StageContext
-    from engine.training.stage import _fresh_or_resume
+    from engine.stages.inputs import resume_or_start
+    from engine.stages.view import RecipeView
 
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(RECIPE)
@@ -223,19 +233,20 @@ def test_new_data_under_the_same_recipe_trains_fresh(tmp_path: Path) -> None:
     out.mkdir(parents=True)
 
     def ctx(data_digest: str) -> StageContext:
-        return StageContext(loaded, "train:detector", "train", "detector", tmp_path, out,
+        view = RecipeView.of(loaded.recipe, [], "train:detector")
+        return StageContext("train:detector", "train", "detector", view, RunDir(tmp_path), out,
                             {"data": {"outputs": {"data/manifest.jsonl": data_digest}}},
                             logging.getLogger("test"), key="k1")
 
-    assert _fresh_or_resume(ctx("aaa")) is True
+    assert resume_or_start(ctx("aaa"), out) is True
     (out / "checkpoints").mkdir()
     (out / "checkpoints" / "last.pt").write_bytes(b"finished")
-    assert _fresh_or_resume(ctx("aaa")) is False  # an interrupted attempt on the same inputs
+    assert resume_or_start(ctx("aaa"), out) is False  # an interrupted attempt on the same inputs
     assert (out / "checkpoints" / "last.pt").exists()
-    assert _fresh_or_resume(ctx("bbb")) is True  # new data: the old checkpoint must go
+    assert resume_or_start(ctx("bbb"), out) is True  # new data: the old checkpoint must go
     assert not (out / "checkpoints").exists()
     (out / "attempt.json").write_text('{"key": "k1", "upstr')  # torn write
-    assert _fresh_or_resume(ctx("bbb")) is True
+    assert resume_or_start(ctx("bbb"), out) is True
 
 
 def test_interrupted_prune_resumes_from_its_recorded_pruned_model(finished):

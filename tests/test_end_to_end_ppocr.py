@@ -14,9 +14,9 @@ from pathlib import Path
 
 import onnx
 import pytest
+from pipeline_run import run_recipe_text
 
 from engine.graph import Pipeline
-from engine.recipe import load_recipe
 
 CHARSET = "0-9A-Za-z -:./%()#+,"
 RECIPE = f"""\
@@ -46,13 +46,7 @@ verify:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
-    tmp = tmp_path_factory.mktemp("e2e-ppocr")
-    recipe = tmp / "tiny.yaml"
-    recipe.write_text(RECIPE)
-    pipeline = Pipeline(load_recipe(recipe, [f"workdir={tmp / 'runs'}"]))
-    report = pipeline.run()
-    assert report.ok, report.failed
-    return pipeline
+    return run_recipe_text(tmp_path_factory.mktemp("e2e-ppocr"), RECIPE)
 
 
 def test_every_stage_ran_from_the_pretrained_weights(finished: Pipeline) -> None:

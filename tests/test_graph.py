@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from engine import stages
-from engine.graph import GraphError, Pipeline, run_lock
+from engine.graph import GraphError, Pipeline
 from engine.recipe import load_recipe
+from engine.rundir import RunBusy, RunDir
 
 RECIPE = """\
 name: spine
@@ -43,11 +44,12 @@ def _write(ctx: stages.StageContext, name: str, payload: dict) -> Path:
 def _stage(ctx: stages.StageContext) -> stages.StageResult:
     """Writes an output that depends on the stage's own sections and its inputs' outputs."""
     CALLS.append(ctx.name)
-    sections = {
-        "data": ctx.recipe.section("dataset"),
-        "train": ctx.recipe.train.for_model(ctx.param) if ctx.param in ("detector", "recognizer") else None,
-        "build": ctx.recipe.section("optimize.calibration"),
-    }.get(ctx.kind)
+    reads = {  # each kind reads only what its stage-table entry declares (the view is strict)
+        "data": lambda: ctx.recipe.section("dataset"),
+        "train": lambda: ctx.recipe.train.for_model(ctx.param),
+        "build": lambda: ctx.recipe.section("optimize.calibration"),
+    }
+    sections = reads[ctx.kind]() if ctx.kind in reads else None
     ups = {name: res["outputs"] for name, res in sorted(ctx.upstream.items())}
     out = _write(ctx, "out.json", {"sections": sections, "upstream": ups})
     artifacts = {ctx.param: {"bundle": str(out)}} if ctx.kind == "build" else {}
@@ -57,7 +59,7 @@ def _stage(ctx: stages.StageContext) -> stages.StageResult:
 @pytest.fixture
 def registered():
     CALLS.clear()
-    for kind in stages.IMPLEMENTATIONS:
+    for kind in stages.BY_KIND:
         stages.register(kind, _stage)
     yield CALLS
     stages.unregister()
@@ -144,16 +146,18 @@ def test_only_runs_what_the_stage_needs(recipe_file, registered):
     assert report.executed == ["data", "train:recognizer"]
 
 
-def test_unimplemented_stage_fails_loudly(recipe_file, monkeypatch):
+def test_a_stage_that_cannot_be_imported_fails_loudly(recipe_file, monkeypatch):
+    import dataclasses
+
     stages.unregister()
-    monkeypatch.setitem(stages.IMPLEMENTATIONS, "data", None)
+    broken = dataclasses.replace(stages.BY_KIND["data"], run="engine.stages.no_such_module:run")
+    monkeypatch.setitem(stages.BY_KIND, "data", broken)
     p = _pipeline(recipe_file)
     report = p.run()
-    assert report.failed == {"data": "stage data is not implemented yet"}
+    assert report.failed["data"].startswith("ModuleNotFoundError: No module named 'engine.stages.no_such_module'")
     assert "train:detector" in report.not_run
     assert not (p.run_dir / "data" / "result.json").exists()
-    summary = _summary(p)
-    assert summary["failed"] == {"data": "stage data is not implemented yet"}
+    assert _summary(p)["failed"] == report.failed
 
 
 def test_failed_stage_is_retried_and_independent_targets_continue(recipe_file, registered):
@@ -201,7 +205,7 @@ def test_ship_without_hosts_is_left_out_with_notice(recipe_file):
 
 def test_lock_names_the_holder(recipe_file, registered):
     p = _pipeline(recipe_file)
-    with run_lock(p.run_dir), pytest.raises(GraphError, match=r"in progress \(pid \d+"):
+    with RunDir(p.run_dir).lock(), pytest.raises(RunBusy, match=r"in progress \(pid \d+"):
         p.run()
 
 
@@ -222,6 +226,27 @@ def test_cli_run_plan_status_in_subprocess(recipe_file, registered, tmp_path):
     )
     will = [r["stage"] for r in json.loads(out.stdout)["stages"] if r["status"] == "run"]
     assert sorted(will) == sorted(AFTER_CALIBRATION)
+
+
+NO_TORCH = """
+import sys
+from engine.cli import main
+codes = [main(args) for args in {commands!r}]
+heavy = sorted(m for m in ("torch", "onnxruntime", "cv2") if m in sys.modules)
+print(codes, heavy)
+"""
+
+
+def test_validate_plan_and_a_noop_run_import_no_torch(recipe_file, registered, tmp_path):
+    """What a user runs most (and CI on every pull request) stays fast: the stage table names its
+    implementations as strings, and keys, file dependencies and plans are torch-free."""
+    _pipeline(recipe_file).run()
+    sets = ["--set", f"workdir={tmp_path / 'runs'}"]
+    commands = [["validate", str(recipe_file)], ["plan", str(recipe_file), *sets], ["run", str(recipe_file), *sets]]
+    out = subprocess.run([sys.executable, "-c", NO_TORCH.format(commands=commands)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[0, 0, 0] []"
+    assert "0 executed" in out.stdout
 
 
 def test_cli_run_failing_stage_exit_code(tmp_path):
@@ -249,7 +274,7 @@ import tests.test_graph as t
 def dies(ctx):
     os._exit(9)  # the machine loses power mid-stage
 
-for kind in stages.IMPLEMENTATIONS:
+for kind in stages.BY_KIND:
     stages.register(kind, t._stage)
 stages.register("export", dies)
 Pipeline(load_recipe({recipe!r}, ["workdir={workdir}"])).run()
@@ -271,7 +296,7 @@ def test_killed_run_keeps_finished_stages(recipe_file, registered, tmp_path):
 def test_base_weights_are_a_file_dependency_of_training() -> None:
     """New shipped base weights must retrain a recipe that fine-tunes from them (`init: base`)."""
     from engine.graph import compile_stages
-    from engine.training.stage import base_weights
+    from engine.training.pretrained import base_weights
 
     loaded = load_recipe(Path(__file__).parent.parent / "recipes" / "nameplates.yaml")
     by_name = {s.name: s for s in compile_stages(loaded)[0]}

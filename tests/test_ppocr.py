@@ -94,7 +94,7 @@ def test_recognizer_reads_what_the_wheels_onnx_reads(plates, cache) -> None:
 def test_the_charset_cut_equals_the_full_head_masked_to_the_charset(cache, tmp_path) -> None:
     """Cutting the classifier keeps blank + the recipe's rows: logits are the full model's at
     those indices, so it can emit nothing else; characters the dictionary lacks get new rows."""
-    from engine.training.stage import remap_charset
+    from engine.training.pretrained import remap_charset
     from engine.training.tasks import model_from_checkpoint
 
     full_path = pretrained.pretrained_checkpoint("recognizer")

@@ -171,7 +171,7 @@ def test_interrupted_remote_training_resumes(server: Any, tmp_path: Path, victim
         target=lambda: box.setdefault("report", first.run(only=["train:recognizer"]))
     )
     thread.start()
-    job = Path(job_root(str(server.dir / "train"), "remote-tiny", first.run_dir, "recognizer"))
+    job = Path(job_root(str(server.dir / "train"), first.run_dir, "recognizer"))
     deadline = time.monotonic() + 300  # a loaded CI machine is slow to start torch
     while not (job / "run/checkpoints/last.pt.sha256").exists():
         assert time.monotonic() < deadline, "no checkpoint appeared on the host"
@@ -216,7 +216,7 @@ def test_unknown_host_key_is_refused(server: Any, tmp_path: Path) -> None:
     report = p.run(only=["train:recognizer"])
     msg = report.failed["train:recognizer"]
     assert "gpu-box" in msg and "host key" in msg and "unknown" in msg
-    job = Path(job_root(str(server.dir / "train"), "remote-tiny", p.run_dir, "recognizer"))
+    job = Path(job_root(str(server.dir / "train"), p.run_dir, "recognizer"))
     assert not job.exists()  # refused before anything was sent
 
 

@@ -41,11 +41,11 @@ def _json(path: Path, doc: dict) -> None:
     path.write_text(json.dumps(doc))
 
 
-def _result(run: Path, stage: str, metrics: dict, notes: tuple[str, ...] = ()) -> None:
+def _result(run: Path, stage: str, metrics: dict, notes: tuple[str, ...] = (), artifacts: dict | None = None) -> None:
     kind, _, param = stage.partition(":")
     d = run / kind / param if param else run / kind
     _json(d / "result.json", {"stage": stage, "key": {}, "outputs": {}, "metrics": metrics,
-                              "artifacts": {}, "notes": list(notes)})
+                              "artifacts": artifacts or {}, "notes": list(notes)})
     _json(d / "timing.json", {"started": 0, "seconds": 1.5})
 
 
@@ -63,17 +63,21 @@ def run_dir(tmp_path) -> Path:
                            "charset_coverage": 0.8}},
         "crops": {"train": 6111, "val": 608},
         "unknown_chars": {"policy": "skip", "skipped_lines": 4, "replaced_lines": 0}, "warnings": []})
-    _result(run, "data", {"train_images": 400, "val_images": 40})
+    _result(run, "data", {"train_images": 400, "val_images": 40}, artifacts={"dataset": {
+        "manifest": str(run / "data" / "manifest.jsonl"), "crops": str(run / "data" / "crops"),
+        "summary": str(run / "data" / "summary.json"), "preview": str(run / "data" / "preview.png")}})
     for model, metric in (("detector", 0.925), ("recognizer", 0.713)):
         _result(run, f"train:{model}", {"epochs": 2, "steps": 100, "best_epoch": 2, "best_metric": metric,
-                                        "init": f"{model}_base.pt"})
+                                        "init": f"{model}_base.pt"},
+                artifacts={f"{model}_curves": str(run / "train" / model / "curves.png")})
     _result(run, "evaluate", {"hmean": 0.925, "precision": 0.94, "recall": 0.91, "word_accuracy": 0.8123,
                               "line_accuracy": 0.713, "cer": 0.062, "e2e_line_accuracy": 0.333,
                               "val_images": 40})
     _result(run, "prune", {"detector_params_before": 970490, "detector_params_after": 470000,
                            "detector_macs_before": 1_630_000_000, "detector_macs_after": 950_000_000,
                            "detector_latency_ms_before": 36.5, "detector_latency_ms_after": 26.3,
-                           "detector_hmean_before": 0.925, "detector_hmean_after": 0.595})
+                           "detector_hmean_before": 0.925, "detector_hmean_after": 0.595},
+            artifacts={f"{m}_channels": str(run / "prune" / f"{m}.channels.json") for m in ("detector", "recognizer")})
     _json(run / "prune" / "detector.channels.json", {
         "amount": 0.3, "importance": "taylor", "allocation": "sensitivity", "round_to": 8, "keep": [],
         "channels": {"neck.lateral.0": {"before": [16, 96], "after": [16, 40]},
@@ -199,7 +203,7 @@ def _tiny_stage(ctx: stages.StageContext) -> stages.StageResult:
 
 @pytest.fixture
 def tiny_stages():
-    for kind in stages.IMPLEMENTATIONS:
+    for kind in stages.BY_KIND:
         stages.register(kind, _tiny_stage)
     yield
     stages.unregister()

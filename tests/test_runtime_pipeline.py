@@ -27,7 +27,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from test_bundle import ROOT, export_small_models, small_bundle
 
-from engine.compress.bundle import build_bundle
+from engine.deploy.bundle import build_bundle
 from engine.runtime import check
 from engine.runtime.pipeline import OCRPipeline, batch_by_width, predict_cli
 

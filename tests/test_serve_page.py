@@ -147,11 +147,11 @@ def _screenshot(driver: Any, name: str) -> Path:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     """The shipped base weights, exported to ONNX and packed as a local-cpu fp32 bundle."""
-    from engine.compress.bundle import build_bundle
     from engine.compress.export import export_onnx
     from engine.data.synth import generate_sample
+    from engine.deploy.bundle import build_bundle
     from engine.runtime.preprocess import detector_input, recognizer_input
-    from engine.training.stage import BASE_WEIGHTS_DIR
+    from engine.training.pretrained import BASE_WEIGHTS_DIR
     from engine.training.tasks import model_from_checkpoint
 
     d = tmp_path_factory.mktemp("page")

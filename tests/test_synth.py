@@ -19,8 +19,8 @@ from engine.data.synth import (
     generate_sample,
     icdar_line,
     read_icdar_gt,
-    synth_cli,
 )
+from engine.data.synth_cli import synth_cli
 
 
 def _sample(seed: int, index: int, **kw):

@@ -685,3 +685,28 @@ def load_pruned(
     model.load_state_dict(payload["state_dict"], strict=True)
     model.eval()
     return model, dict(payload.get("extra") or {})
+
+
+def renormalise(task: Any, model: Any, batch_size: int) -> tuple[dict[str, float], bool]:
+    """Re-estimate the pruned model's BatchNorm statistics on training batches, and keep them
+    when the validation metric says they are better -> (the metric of the kept model, kept?).
+
+    On the flagship's detector (30 %, before fine-tuning) re-estimation lifts hmean from 0.00 to
+    0.10 after L1 pruning and Taylor-pruned models reach 0.76-0.89; a barely trained network
+    can instead get near-zero variances that make its outputs fragile (fp16 parity failed on
+    one), so the measurement decides; a tie keeps the old statistics.  Without a validation
+    split the re-estimated ones are kept: fine-tuning in train mode replaces the running
+    statistics within a few dozen steps anyway.
+    """
+    stale = copy.deepcopy(model.state_dict())
+    stale_acc = task.validate(model.eval()) if task.metric else {}
+    if not recalibrate_batchnorm(model, task_batches(task, batch_size)):
+        return stale_acc, False
+    if not task.metric:
+        return {}, True
+    acc = task.validate(model.eval())
+    better = (acc[task.metric] > stale_acc[task.metric]) == (getattr(task, "metric_mode", "max") == "max")
+    if acc[task.metric] != stale_acc[task.metric] and better:
+        return acc, True
+    model.load_state_dict(stale)
+    return stale_acc, False

@@ -1,4 +1,4 @@
-"""Quantization-aware fine-tuning: the `qat` stage.
+"""Quantization-aware fine-tuning (the `qat` stage, engine/stages/qat.py).
 
 Why: static int8 of the PP-OCRv6 recognizer loses far more than the 0.5-point budget. Measured
 on the flagship's fine-tuned recognizer (418 val crops, line accuracy 0.880 in fp32): its conv
@@ -29,9 +29,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-
-from ..stages import StageContext, StageResult
-from .grid import qat_reduce_range, qmax_for
 
 QUANTIZED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
@@ -109,45 +106,3 @@ def remove_weight_fake_quant(model: nn.Module) -> None:
     for module in model.modules():
         if parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-
-
-def run_qat(ctx: StageContext) -> StageResult:
-    from ..training.ddp import resolve_factory
-    from ..training.loop import fit
-    from ..training.stage import attempt_of, start_attempt, task_spec, train_config
-    from .prune import save_pruned
-    from .stage import build_spec, load_model
-
-    spec = ctx.recipe.optimize.quantize.qat
-    reduce_range = qat_reduce_range(ctx.loaded)
-    qmax = qmax_for(reduce_range)
-    outputs, metrics, artifacts = [], {"reduce_range": reduce_range, "qmax": qmax}, {}
-    for model_name in spec.models:
-        model, meta = load_model(ctx, model_name)
-        factory, kwargs = task_spec(ctx, model_name)
-        task = resolve_factory(factory)(**{**kwargs, "backbone_lr": spec.backbone_lr}, model=model)
-        key = task.metric
-        fp32 = task.validate(model.eval()) if key else {}
-        layers = add_weight_fake_quant(model, qmax)
-        rounded = task.validate(model.eval()) if key else {}
-        hooks = add_activation_fake_quant(model) if spec.activations else []
-        work = ctx.out_dir / model_name
-        start_attempt(work, attempt_of(ctx))
-        cfg = train_config(ctx, model_name, epochs=spec.epochs, run_dir=work)
-        cfg.name = f"qat:{model_name}"
-        cfg.lr, cfg.warmup_epochs = spec.lr, spec.warmup_epochs
-        cfg.limit_train_batches = spec.steps_per_epoch
-        task.model = model
-        fit(task, cfg)
-        model = task.model.eval()
-        after = task.validate(model) if key else {}
-        remove_activation_fake_quant(model, hooks)
-        remove_weight_fake_quant(model)
-        out = ctx.out_dir / f"{model_name}.qat.pt"
-        m: dict[str, Any] = {"layers": layers, f"{key}_fp32": fp32.get(key), f"{key}_rounded": rounded.get(key),
-             f"{key}_after": after.get(key)}
-        save_pruned(out, model, build_spec(meta), extra={"meta": meta, "metrics": m, "qmax": qmax})
-        outputs.append(out)
-        metrics.update({f"{model_name}_{k}": v for k, v in m.items()})
-        artifacts[f"{model_name}_qat"] = str(out)
-    return StageResult(outputs=outputs, metrics=metrics, artifacts=artifacts)

@@ -332,3 +332,14 @@ def _build_with_python_api(trt: Any, plan: Mapping[str, Any], bundle: Path) -> b
     if cache_path is not None:
         atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
+
+
+def recognizer_shapes(shapes: dict[str, Any], height: int, max_width: int) -> dict[str, list[int]]:
+    """A profile's recognizer optimisation profile at the model's line height, its widths no
+    wider than the bundle's widest line (rounded up to the runtime's multiple of 8)."""
+    widest = max(8, (max_width + 7) // 8 * 8)
+    out = {k: [int(v[0]), int(v[1]), int(height), int(v[3])] for k, v in shapes.items()}
+    out["max"][3] = widest
+    out["opt"][3] = min(out["opt"][3], widest)
+    out["min"][3] = min(out["min"][3], out["opt"][3])
+    return out

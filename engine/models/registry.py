@@ -16,7 +16,8 @@ Each entry says, per (kind, arch):
   the heights they accept and their default ``max_width``;
 - ``base``: where ``init: base`` comes from: ``project`` = weights this project trained and
   ships (engine/weights/, bench/train_base.py), ``ppocrv6`` = PP-OCRv6 converted from the
-  installed rapidocr wheel (engine/models/ppocr/convert.py).
+  installed rapidocr wheel (engine/models/ppocr/convert.py); ``weights`` names the file: in
+  engine/weights/ for a variant and height, or inside the `PRETRAINED_DIST` distribution.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from __future__ import annotations
 import copy
 import difflib
 from typing import Any
+
+PRETRAINED_DIST = "rapidocr"  # the wheel the ppocrv6 base weights come from
 
 IMAGENET = {"channels": "rgb", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 SIGNED_RGB = {"channels": "rgb", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
@@ -43,6 +46,7 @@ ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
             },
             "inputs": IMAGENET,
             "base": "project",
+            "weights": "detector_dbnet_{variant}.pt",
         },
         "ppocrv6": {
             # PP-OCRv6 small detector (PaddleOCR): PPLCNetV4 + RepLK-FPN + DB head, 2.45 M params
@@ -52,6 +56,7 @@ ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
             "variants": {"lcnetv4": {"layout": "det_small", "neck_channels": 96, "kernel": 7, "k": 50.0}},
             "inputs": PADDLE_BGR,
             "base": "ppocrv6",
+            "weights": "rapidocr/models/PP-OCRv6_det_small.onnx",
         },
     },
     "recognizer": {
@@ -66,6 +71,7 @@ ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
             "inputs": {**SIGNED_RGB, "downsample": 4, "heights": [32, 48], "default_height": 32,
                        "default_max_width": 320},
             "base": "project",
+            "weights": "recognizer_crnn_{variant}_h{height}.pt",
         },
         "ppocrv6": {
             # PP-OCRv6 small recognizer (PaddleOCR): PPLCNetV4 + light SVTR neck + CTC, 48 px lines
@@ -79,6 +85,7 @@ ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
             "inputs": {**PADDLE_BGR, "downsample": 8, "heights": [48], "default_height": 48,
                        "default_max_width": 960},
             "base": "ppocrv6",
+            "weights": "rapidocr/models/PP-OCRv6_rec_small.onnx",
         },
     },
 }
@@ -135,6 +142,13 @@ def resolve_variant(kind: str, arch: str, variant: str | None) -> str:
 def default_config(kind: str, arch: str, variant: str) -> dict[str, Any]:
     """A copy of the constructor defaults for (kind, arch, variant)."""
     return copy.deepcopy(architecture(kind, arch)["variants"][resolve_variant(kind, arch, variant)])
+
+
+def shipped_weights_name(kind: str, arch: str, variant: str | None = None, height: int | None = None) -> str:
+    """The file ``init: base`` means: in engine/weights/ for a ``project`` architecture, inside
+    the `PRETRAINED_DIST` wheel for ``ppocrv6``."""
+    entry = architecture(kind, arch)
+    return str(entry["weights"]).format(variant=resolve_variant(kind, arch, variant), height=height)
 
 
 def input_spec(kind: str, arch: str) -> dict[str, Any]:

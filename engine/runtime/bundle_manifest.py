@@ -36,7 +36,8 @@ from typing import Any
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = 1
-_RESERVED = ("format", "files", "bundle_hash")
+#: the manifest keys the format itself owns; everything else is the build's meta
+RESERVED_KEYS = ("format", "files", "bundle_hash")
 _CHUNK = 1 << 20
 
 #: Largest manifest a device reads. A real one is 10-40 KB (a hundred files plus the build's
@@ -103,9 +104,14 @@ def compute_bundle_hash(files: dict[str, str], meta: dict[str, Any] | None = Non
     digest = hashlib.sha256()
     for rel in sorted(files):
         digest.update(f"{rel}\0{files[rel]}\n".encode())
-    extra = {k: v for k, v in (meta or {}).items() if k not in _RESERVED}
+    extra = manifest_meta(meta or {})
     digest.update(json.dumps(extra, sort_keys=True, separators=(",", ":")).encode())
     return digest.hexdigest()
+
+
+def manifest_meta(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A manifest without its reserved keys: the meta a build wrote (and a re-seal keeps)."""
+    return {k: v for k, v in manifest.items() if k not in RESERVED_KEYS}
 
 
 def parse_manifest(data: bytes | str, source: str = MANIFEST_NAME) -> dict[str, Any]:

@@ -24,7 +24,7 @@ _EXPORTS = {
     "CheckpointManager": "checkpoint",
     "init_from_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
-    "run_training": "ddp",
+    "run_training": "launch",
     "FitResult": "loop",
     "TrainConfig": "loop",
     "TrainingError": "loop",

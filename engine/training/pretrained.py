@@ -1,6 +1,9 @@
-"""``init: base`` for the PP-OCRv6 architectures: the rapidocr wheel's ONNX, converted once.
+"""What ``init: base`` stands for: shipped weights, or PP-OCRv6 converted from the rapidocr wheel.
 
-The first recipe that asks for them converts the installed wheel's ONNX graphs into torch
+This project's own architectures start from the checkpoints bench/train_base.py trained and
+engine/weights/ ships; the registry names the file of each variant (`base_weights`).
+
+For the PP-OCRv6 architectures the first recipe that asks for them converts the installed wheel's ONNX graphs into torch
 checkpoints (engine.models.ppocr.convert), checks the conversion against onnxruntime on a fixed
 input, and caches the result like any checkpoint (atomic write, sha256 sidecar, loaded with
 ``weights_only=True``). The cache key is the ONNX file's sha256 and the converter's version, so
@@ -10,7 +13,7 @@ Where: ``$OCR_RECIPE_CACHE/pretrained`` (default ``~/.cache/ocr-recipe/pretraine
 any run directory, because every recipe on the machine shares it.
 
 The recognizer keeps PaddleOCR's whole 18,709-character dictionary in its checkpoint; the train
-stage cuts the classifier to the recipe's charset (engine.training.stage.remap_charset).
+stage cuts the classifier to the recipe's charset (`remap_charset`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+BASE_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 CONVERTER_VERSION = 1  # bump when the conversion or the modules' parameter layout changes
 CACHE_ENV = "OCR_RECIPE_CACHE"
 #: the largest |torch - onnxruntime| accepted on the conversion's self-check (probabilities)
@@ -38,12 +42,26 @@ def source_file(model: str) -> Path:
     new rapidocr wheel retrains); no torch, no onnx import."""
     import importlib.metadata as md
 
-    from ..models.ppocr.convert import ONNX_FILES, RAPIDOCR_DIST
+    from ..models.registry import PRETRAINED_DIST, shipped_weights_name
 
+    name = shipped_weights_name(model, "ppocrv6")
     try:
-        return Path(str(md.distribution(RAPIDOCR_DIST).locate_file(ONNX_FILES[model])))
+        return Path(str(md.distribution(PRETRAINED_DIST).locate_file(name)))
     except md.PackageNotFoundError:
-        return Path(ONNX_FILES[model])  # missing: the train stage reports how to install it
+        return Path(name)  # missing: the train stage reports how to install it
+
+
+def base_weights(model: str, spec: Any) -> Path:
+    """The file ``init: base`` stands for (no torch import: the graph lists it as a file
+    dependency, so new base weights retrain a recipe that fine-tunes from them). ``spec`` is the
+    recipe's model section: arch, its variant field and, for recognizers, the height."""
+    from ..models.registry import architecture, shipped_weights_name
+
+    entry = architecture(model, spec.arch)
+    if entry["base"] == "ppocrv6":
+        return source_file(model)
+    variant = getattr(spec, entry["variant_field"])
+    return BASE_WEIGHTS_DIR / shipped_weights_name(model, spec.arch, variant, getattr(spec, "height", None))
 
 
 def pretrained_checkpoint(model: str) -> Path:
@@ -63,6 +81,43 @@ def pretrained_checkpoint(model: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     _convert(model, source, path)
     return path
+
+
+def remap_charset(init: str, charset: str, out_path: Path) -> tuple[str, dict[str, Any]]:
+    """Fine-tune a recognizer on a different charset without losing what it knows.
+
+    The classifier's rows follow the charset order (row 0 = CTC blank, row i+1 = charset[i]).
+    Rows of characters both charsets share are copied to their new positions; new characters get
+    the fresh layer's initialisation. For PP-OCRv6 this cuts the 18,710-class head to the
+    recipe's charset: the model can then never emit a character outside it, and the head's cost
+    (~2.2 M MACs per step) shrinks with it. Returns the checkpoint to initialise from and
+    {"kept": n, "new": n, "new_chars": "..."}.
+    """
+    from ..models import build_recognizer
+    from .checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(init)
+    meta = dict(ckpt.get("meta") or {})
+    old = meta.get("charset")
+    if old is None or old == charset:
+        return init, {"kept": len(charset), "new": 0}
+    state = dict(ckpt["model"])
+    fresh = build_recognizer(
+        meta["arch"], meta["sequence"], num_classes=len(charset) + 1, height=int(meta["height"]),
+        **meta.get("model_options", {}),
+    ).state_dict()
+    where = {ch: j for j, ch in enumerate(old)}
+    for key in ("classifier.weight", "classifier.bias"):
+        rows = fresh[key].clone()
+        rows[0] = state[key][0]  # blank
+        for i, ch in enumerate(charset):
+            if ch in where:
+                rows[i + 1] = state[key][where[ch] + 1]
+        state[key] = rows
+    new = "".join(ch for ch in charset if ch not in where)
+    meta.update(charset=charset, num_classes=len(charset) + 1)
+    save_checkpoint(out_path, {"model": {k: v.contiguous() for k, v in state.items()}, "meta": meta})
+    return str(out_path), {"kept": len(charset) - len(new), "new": len(new), "new_chars": new}
 
 
 def _convert(model: str, source: Any, path: Path) -> None:

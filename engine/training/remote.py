@@ -2,8 +2,9 @@
 
 The laptop that runs ``recipe run`` rarely has the GPUs; a rented box does. A train stage with a
 ``host`` runs the very job a local stage would run (the same task factory, kwargs and
-`TrainConfig` that `engine.training.stage.run_train` passes to `run_training`) on that host, with
-the project's own code installed there, and brings the checkpoints back. What happens:
+`TrainConfig` that `engine.stages.train` passes to `run_training`) on that host, with the
+project's own code installed there, and brings the checkpoints back. This module is the laptop's
+side; `engine.training.remote_host` is what runs on the host. What happens:
 
 1. Preflight: ``PYTHON -c "import engine, torch"`` on the host; a host without the project (or
    torch) fails with a message naming it, before anything is uploaded.
@@ -14,7 +15,7 @@ the project's own code installed there, and brings the checkpoints back. What ha
    file is hashed on the host (``sha256sum -c``, `engine.deploy.releases.checksum_status`) and
    only missing or different files are sent, so a rerun uploads nothing it already has; files
    of an earlier version of the job are removed.
-3. Run ``PYTHON -m engine.training.remote worker job.json`` there; it calls `run_training`
+3. Run ``PYTHON -m engine.training.remote_host job.json`` there; it calls `run_training`
    (torchrun + DDP when ``gpus > 1``) with ``run_dir = JOB/run``. Its stdout/stderr lines are
    streamed into the stage log as they arrive. The worker holds a lock on the job and, when
    started by this controller, exits (with its torchrun children) once its SSH channel closes,
@@ -35,19 +36,16 @@ known_hosts unless ``train.trust_on_first_use``; ``~/.ssh/config`` aliases honou
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import shlex
 import shutil
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,18 +54,29 @@ from ..fsutil import atomic_write_bytes, atomic_write_json, sha256_file
 
 JOB_FILE = "job.json"
 MARKER = "attempt.json"
-PID_FILE = "worker.pid"
-LOCK_FILE = "worker.lock"
 RUN = "run"
 STAGING = "remote"  # local dir (in the stage's out_dir) for generated files that get uploaded
 CHECKPOINTS = ("best.pt", "last.pt")
 RUN_FILES = ("metrics.csv", "curves.png", "train.log", "torchrun.log")
-LOCK_WAIT_S = 60.0
 
 _PROBE = (
     "import json, engine, torch; print(json.dumps({'engine': engine.__file__, "
     "'torch': torch.__version__, 'cuda': torch.cuda.device_count()}))"
 )
+
+
+@dataclass(frozen=True)
+class RemoteHost:
+    """Where and how a train stage trains remotely (the recipe's ``train.host`` settings)."""
+
+    host: str
+    remote_dir: str
+    python: str
+    device: str
+    gpus: int
+    trust_on_first_use: bool = False
+    known_hosts: str | None = None
+    ssh_config: str | None = None
 
 
 @dataclass
@@ -78,25 +87,19 @@ class SyncReport:
     removed: list[str] = field(default_factory=list)
 
 
-def job_root(root: str, recipe_name: str, run_dir: Path, model: str) -> str:
-    """The job directory on the host: one per (recipe, local run directory, model).
-
-    The run directory's hash keeps two checkouts of the same recipe from sharing a job.
-    """
+def job_root(root: str, run_dir: Path, model: str) -> str:
+    """The job directory on the host: one per (local run directory, model), named after the
+    recipe (the run directory's name); the directory's hash keeps two checkouts of the same
+    recipe from sharing a job."""
     tag = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:10]
-    return posixpath.join(root, f"{recipe_name}-{tag}", model)
+    return posixpath.join(root, f"{run_dir.name}-{tag}", model)
 
 
-def open_host(train: Any) -> Any:
+def open_host(host: RemoteHost) -> Any:
     from ..deploy.transport import SSHTransport
 
-    return SSHTransport(
-        train.host,
-        train.remote_dir,
-        ssh_config=str(train.ssh_config) if train.ssh_config else None,
-        known_hosts=str(train.known_hosts) if train.known_hosts else None,
-        trust_on_first_use=bool(train.trust_on_first_use),
-    )
+    return SSHTransport(host.host, host.remote_dir, ssh_config=host.ssh_config,
+                        known_hosts=host.known_hosts, trust_on_first_use=host.trust_on_first_use)
 
 
 def preflight(t: Any, python: str, gpus: int, device: str) -> dict[str, Any]:
@@ -337,25 +340,27 @@ def pull(t: Any, root: str, out_dir: Path, log: Callable[[str], None]) -> list[s
 
 
 def run_remote_training(
-    ctx: Any, factory: str, kwargs: dict[str, Any], config: Any, *, gpus: int, fresh: bool
+    host: RemoteHost, run_root: Path, out_dir: Path, model: str, factory: str, kwargs: dict[str, Any],
+    config: Any, *, key: str, fresh: bool, name: str, log: logging.Logger,
 ) -> Any:
-    """The remote counterpart of `run_training` for a train stage; returns a `FitResult`."""
+    """The remote counterpart of `run_training` for a train stage; returns a `FitResult`.
+
+    ``run_root`` is the local run directory (it names the job on the host), ``out_dir`` the
+    stage's directory the checkpoints come back to, ``key`` the stage key an attempt on the
+    host is resumed under. Raises `DeployError` naming the host.
+    """
     from ..deploy.transport import DeployError
-    from ..stages import StageFailed
     from .loop import result_from_checkpoints
 
-    train = ctx.recipe.train
-    model = ctx.param or "detector"
-
     def note(message: str) -> None:
-        ctx.log.info("%s: %s", train.host, message)
-        print(f"{ctx.name} @ {train.host}: {message}", flush=True)
+        log.info("%s: %s", host.host, message)
+        print(f"{name} @ {host.host}: {message}", flush=True)
 
     def line(text: str, err: bool) -> None:
-        ctx.log.info("%s%s| %s", train.host, " stderr" if err else "", text)
-        print(f"{train.host}| {text}", file=sys.stderr if err else sys.stdout, flush=True)
+        log.info("%s%s| %s", host.host, " stderr" if err else "", text)
+        print(f"{host.host}| {text}", file=sys.stderr if err else sys.stdout, flush=True)
 
-    staging = ctx.out_dir / STAGING
+    staging = out_dir / STAGING
     tail: list[str] = []
     seconds: dict[str, float] = {}
     clock = time.monotonic()
@@ -371,150 +376,41 @@ def run_remote_training(
         del tail[:-30]
         line(text, err)
 
-    try:
-        with open_host(train) as t:
-            info = preflight(t, train.python, gpus, train.device)
-            note(f"engine {info['engine']}, torch {info['torch']}, {info['cuda']} CUDA device(s)")
-            lap("preflight")
-            root = job_root(t.root, ctx.recipe.name, ctx.run_dir, model)
-            files, _ = job_files(staging, root, factory, kwargs, config.to_dict(), gpus, ctx.key)
-            resumed = prepare_run_dir(t, root, ctx.key, fresh)
-            report = sync(t, root, files, train.python, note)
-            note(
-                f"synced {root}: {len(report.uploaded)} file(s) uploaded "
-                f"({report.uploaded_bytes} bytes), {report.unchanged} unchanged"
-                + (f", {len(report.removed)} stale removed" if report.removed else "")
+    with open_host(host) as t:
+        info = preflight(t, host.python, host.gpus, host.device)
+        note(f"engine {info['engine']}, torch {info['torch']}, {info['cuda']} CUDA device(s)")
+        lap("preflight")
+        root = job_root(t.root, run_root, model)
+        files, _ = job_files(staging, root, factory, kwargs, config.to_dict(), host.gpus, key)
+        resumed = prepare_run_dir(t, root, key, fresh)
+        report = sync(t, root, files, host.python, note)
+        note(
+            f"synced {root}: {len(report.uploaded)} file(s) uploaded "
+            f"({report.uploaded_bytes} bytes), {report.unchanged} unchanged"
+            + (f", {len(report.removed)} stale removed" if report.removed else "")
+        )
+        lap("sync")
+        command = (
+            f"exec {host.python} -u -m engine.training.remote_host --exit-with-stdin "
+            f"{shlex.quote(posixpath.join(root, JOB_FILE))}"
+        )
+        note(("resuming" if resumed else "starting") + f" training ({host.gpus} process(es))")
+        code = stream(t, command, keep)
+        lap("train")
+        if code != 0:
+            why = "was killed or the connection was lost" if code is None else f"exit {code}"
+            last = " | ".join(x for x in tail[-3:] if x.strip()) or "(no output)"
+            raise DeployError(
+                t.host,
+                f"remote training {why} (last output: {last}); its checkpoints stay in "
+                f"{root}/{RUN} and a rerun resumes from the last one",
             )
-            lap("sync")
-            command = (
-                f"exec {train.python} -u -m engine.training.remote worker --exit-with-stdin "
-                f"{shlex.quote(posixpath.join(root, JOB_FILE))}"
-            )
-            note(("resuming" if resumed else "starting") + f" training ({gpus} process(es))")
-            code = stream(t, command, keep)
-            lap("train")
-            if code != 0:
-                why = "was killed or the connection was lost" if code is None else f"exit {code}"
-                last = " | ".join(x for x in tail[-3:] if x.strip()) or "(no output)"
-                raise DeployError(
-                    t.host,
-                    f"remote training {why} (last output: {last}); its checkpoints stay in "
-                    f"{root}/{RUN} and a rerun resumes from the last one",
-                )
-            fetched = pull(t, root, ctx.out_dir, note)
-            lap("pull")
-    except DeployError as exc:
-        raise StageFailed(str(exc)) from None
-    atomic_write_json(ctx.out_dir / "remote.json", {
-        "host": train.host, "job_dir": root, "resumed": resumed, "gpus": gpus,
+        fetched = pull(t, root, out_dir, note)
+        lap("pull")
+    atomic_write_json(out_dir / "remote.json", {
+        "host": host.host, "job_dir": root, "resumed": resumed, "gpus": host.gpus,
         "uploaded": report.uploaded, "uploaded_bytes": report.uploaded_bytes,
         "unchanged": report.unchanged, "removed": len(report.removed), "fetched": fetched,
         "seconds": seconds,
     })
-    return result_from_checkpoints(ctx.out_dir)
-
-
-# --------------------------------------------------------------------------- the host's side
-
-
-def _die_with_stdin() -> None:
-    """Terminate this process group when stdin closes (the controller's SSH channel ended)."""
-
-    def watch() -> None:
-        # os.read, not sys.stdin: a daemon thread blocked in the buffered reader aborts the
-        # interpreter's shutdown ("could not acquire lock for <stdin>")
-        with contextlib.suppress(OSError):
-            while os.read(0, 1 << 12):
-                pass
-        with contextlib.suppress(OSError):  # stderr is usually the same dead channel
-            print("controller disconnected: stopping the training", file=sys.stderr, flush=True)
-        os.killpg(os.getpgrp(), signal.SIGTERM)
-
-    with contextlib.suppress(OSError):  # its own group, unless it leads a session (sshd's setsid)
-        os.setpgid(0, 0)
-    threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
-
-
-def _follow(path: Path, stop: threading.Event) -> None:
-    """Print lines appended to ``path`` (rank 0's train.log while torchrun owns the output)."""
-    offset = path.stat().st_size if path.exists() else 0
-    while True:
-        done = stop.wait(0.5)
-        if path.exists():
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                data = fh.read()
-            cut = data.rfind(b"\n") + 1
-            if cut:
-                sys.stdout.write(data[:cut].decode("utf-8", "replace"))
-                sys.stdout.flush()
-                offset += cut
-        if done:
-            return
-
-
-def worker(job_path: str, exit_with_stdin: bool = False) -> int:
-    """Run one job spec with `run_training`; one worker per job at a time (file lock)."""
-    import fcntl
-
-    from .checkpoint import CheckpointError
-    from .ddp import run_training
-    from .loop import TrainConfig, TrainingError
-
-    path = Path(job_path)
-    job = json.loads(path.read_text(encoding="utf-8"))
-    if exit_with_stdin:
-        _die_with_stdin()
-    lock = open(path.parent / LOCK_FILE, "a+")  # noqa: SIM115 - held for the whole run
-    deadline = time.monotonic() + LOCK_WAIT_S
-    while True:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                pid_file = path.parent / PID_FILE
-                holder = pid_file.read_text().strip() if pid_file.exists() else "?"
-                print(f"error: another worker (pid {holder}) is training {path.parent}",
-                      file=sys.stderr, flush=True)
-                return 3
-            time.sleep(0.5)
-    atomic_write_bytes(path.parent / PID_FILE, f"{os.getpid()}\n".encode())
-    config = TrainConfig(**job["config"])
-    gpus = int(job.get("gpus", 1))
-    stop = threading.Event()
-    follower = None
-    if gpus > 1:
-        follower = threading.Thread(
-            target=_follow, args=(Path(config.run_dir) / "train.log", stop), daemon=True
-        )
-        follower.start()
-    try:
-        result = run_training(job["factory"], job["kwargs"], config, gpus=gpus)
-    except (TrainingError, CheckpointError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    finally:
-        stop.set()
-        if follower is not None:
-            follower.join(timeout=5)
-    print(f"finished: epoch {result.epoch}, step {result.step}, best epoch {result.best_epoch}",
-          flush=True)
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m engine.training.remote", description="remote training (host side)"
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    w = sub.add_parser("worker", help="run a job.json written by the controller")
-    w.add_argument("job", help="job spec (factory, kwargs, config, gpus)")
-    w.add_argument("--exit-with-stdin", action="store_true",
-                   help="stop (with torchrun's processes) when stdin closes")
-    args = parser.parse_args(argv)
-    return worker(args.job, args.exit_with_stdin)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return result_from_checkpoints(out_dir)

@@ -3,7 +3,6 @@
 Public API:
 - :func:`generate_sample` — one (RGB uint8 image, lines) pair in memory, for on-the-fly training;
 - :func:`generate_dataset` — ``out_dir/images/<stem>.jpg`` + ``out_dir/gt/gt_<stem>.txt``;
-- :func:`synth_cli` — ``recipe data synth ...`` argument handling;
 - :func:`read_icdar_gt` — parse one ICDAR 2015 gt file;
 - :data:`DEFAULT_CHARSET`, :func:`discover_fonts`, :class:`NoFontsError`.
 """
@@ -15,7 +14,6 @@ from .generator import (
     generate_sample,
     icdar_line,
     read_icdar_gt,
-    synth_cli,
     tune_allocator,
 )
 
@@ -28,6 +26,5 @@ __all__ = [
     "generate_sample",
     "icdar_line",
     "read_icdar_gt",
-    "synth_cli",
     "tune_allocator",
 ]

@@ -25,12 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-RAPIDOCR_DIST = "rapidocr"
+from ..registry import PRETRAINED_DIST as RAPIDOCR_DIST
+from ..registry import shipped_weights_name
+
 RAPIDOCR_VERSION = "3.10.0"  # the wheel whose graphs the layouts in blocks.py were read from
-ONNX_FILES = {
-    "detector": "rapidocr/models/PP-OCRv6_det_small.onnx",
-    "recognizer": "rapidocr/models/PP-OCRv6_rec_small.onnx",
-}
+ONNX_FILES = {kind: shipped_weights_name(kind, "ppocrv6") for kind in ("detector", "recognizer")}
 
 
 class PretrainedError(RuntimeError):

@@ -3,7 +3,7 @@
 Input N×3×48×W (W a multiple of 8, BGR scaled to [-1, 1]); output raw logits N×(W/8)×C as
 engine.models.crnn's recognizer does (softmax is the decoder's and the CTC loss's business; the
 shipped ONNX applies it inside). The classifier is a plain ``Linear`` named ``classifier``, so a
-charset cut or remap (engine.training.stage) is the same row selection for every recognizer.
+charset cut or remap (engine.training.pretrained.remap_charset) is the same row selection for every recognizer.
 
 The neck, read off the shipped graph: a 1x1 conv + BN + swish shortcut beside (1x1 conv + BN +
 swish) + (depthwise 1x7 + BN + swish), two pre-norm transformer blocks over the W/8 steps

@@ -1,10 +1,10 @@
 """The `data` stage: read (or generate) the dataset, validate it, write the manifest and crops.
 
-Synthetic data is generated once per spec into ``RUN_DIR/synthetic/`` (deterministic for a
-seed; the validation split uses a seed derived from, and never equal to, the training seed),
+Synthetic data is generated once per spec into the run's synthetic directory (deterministic for
+a seed; the validation split uses a seed derived from, and never equal to, the training seed),
 then read back through the ICDAR 2015 reader like any user dataset, so it passes the same
-validation. Outputs (``RUN_DIR/data/``): manifest.jsonl, crops/{train,val}/, summary.json,
-preview.png.
+validation. Outputs (its stage directory): manifest.jsonl, crops/{train,val}/, summary.json,
+preview.png — handed on as the ``dataset`` artifact, which every later stage reads them from.
 """
 
 from __future__ import annotations
@@ -16,23 +16,24 @@ from pathlib import Path
 from typing import Any
 
 from ..fsutil import replace_dir
-from ..stages import StageContext, StageFailed, StageResult
+from ..rundir import read_json
+from .contract import StageContext, StageFailed, StageResult
 
 VAL_SEED_OFFSET = 1_000_003  # validation images never share a seed with training images
 
 
 def synthetic_dirs(ctx: StageContext) -> tuple[Path, Path]:
     """Generate (or reuse) the synthetic train/val splits; returns their directories."""
-    from .synth import generate_dataset
+    from ..data.synth import generate_dataset
 
     spec = ctx.recipe.dataset.synthetic
     charset = _expanded_charset(ctx)
-    root = ctx.run_dir / "synthetic"
+    root = ctx.run.synthetic_dir()
     wanted = {"spec": spec.model_dump(mode="json"), "charset": charset, "format": 2}
     marker = root / "spec.json"
-    if marker.exists() and json.loads(marker.read_text()) == wanted:
+    if read_json(marker) == wanted:
         return root / "train", root / "val"
-    tmp = ctx.run_dir / "synthetic.partial"
+    tmp = root.with_name(root.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     workers = max(1, min(4, os.cpu_count() or 1))
     size = (int(spec.image_size[0]), int(spec.image_size[1]))
@@ -51,16 +52,16 @@ def synthetic_dirs(ctx: StageContext) -> tuple[Path, Path]:
 
 
 def _expanded_charset(ctx: StageContext) -> str:
-    from .charset import expand_charset
+    from ..data.charset import expand_charset
 
     return expand_charset(ctx.recipe.dataset.charset)
 
 
 def run(ctx: StageContext) -> StageResult:
-    from .errors import DatasetError
-    from .prepare import prepare_dataset
-    from .preview import write_contact_sheet
-    from .summary import format_summary_table
+    from ..data.errors import DatasetError
+    from ..data.prepare import prepare_dataset
+    from ..data.preview import write_contact_sheet
+    from ..data.summary import format_summary_table
 
     ds = ctx.recipe.dataset
     val_dir: Path | None
@@ -103,7 +104,8 @@ def run(ctx: StageContext) -> StageResult:
     return StageResult(
         outputs=outputs,
         metrics=metrics,
-        artifacts={"dataset": {"manifest": str(out / "manifest.jsonl"), "preview": str(out / "preview.png")}},
+        artifacts={"dataset": {"manifest": str(out / "manifest.jsonl"), "crops": str(out / "crops"),
+                               "summary": str(out / "summary.json"), "preview": str(out / "preview.png")}},
         notes=list(summary.get("warnings", []))[:20],
     )
 

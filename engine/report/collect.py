@@ -1,33 +1,22 @@
-"""The run report: ``RUN_DIR/report.html`` and ``RUN_DIR/report.md``, rebuilt after every run.
+"""Collecting the run report: every section, table and image, read from the run directory.
 
-Why: ``summary.json`` and the stages' ``result.json`` files hold every number, but nobody reads
-nine JSON files to learn whether the Pi's int8 model was kept, what it cost in accuracy and which
-hosts run it. The report puts each decision beside the measurements that made it, with the
-dataset preview and training curves. Both files are built from the same sections (the Markdown
-has the same tables) and only from what the stages wrote: nothing is measured here. The HTML is
-self-contained (images as ``data:`` URIs, inline CSS, no script, no network) so it renders the
-same offline, in a mail client or as a CI artifact; the Markdown links images relative to the run
-directory.
+Only from what the stages wrote (summary.json, each stage's result.json and its artifacts, the
+bundle manifests, the per-host files): nothing is measured here. A report can be built without
+the recipe too (``stages`` None): it then shows the stages the run directory holds. Rendering the
+collected `Report` to HTML and Markdown is `engine.report.render`.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
-import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .fsutil import atomic_write_text
+from ..rundir import RunDir, read_json
 
-REPORT_HTML = "report.html"
-REPORT_MD = "report.md"
-_ORDER = ("data", "train", "evaluate", "prune", "export", "build", "verify", "ship", "check")
-_NUMERIC = re.compile(r"^[-+−]?[\d.,]+(\s?(%|×|ms|s|MB|kB|B|M|G|k))?$")
+_ORDER = ("data", "train", "evaluate", "prune", "qat", "export", "build", "verify", "ship", "check")
 
 
 # ------------------------------------------------------------------------------ formatting
@@ -76,7 +65,7 @@ def _diff(after: Any, before: Any) -> str:
     return f"{after - before:+.3f}" if _num(after) and _num(before) else "—"
 
 
-# what build's int8 guard measures per model (engine.compress.stage.onnx_metric)
+# what build's int8 guard measures per model (engine.compress.int8.guard_metric)
 GUARD_METRICS = {"detector": "end-to-end line accuracy, read by the {read_by}", "recognizer": "line accuracy on crops"}
 
 
@@ -122,26 +111,22 @@ class Report:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    from .graph import read_json  # missing or corrupt -> None
-
-    return read_json(path) or {}
+    return read_json(path) or {}  # missing or corrupt: an empty section, not a failed report
 
 
-def _stage_dir(run_dir: Path, stage: str) -> Path:
-    kind, _, param = stage.partition(":")
-    return run_dir / kind / param if param else run_dir / kind
+def _artifact(results: dict[str, dict[str, Any]], stage: str, key: str) -> Path | None:
+    """A file a stage handed on (its result.json artifacts), or None."""
+    value = ((results.get(stage) or {}).get("artifacts") or {}).get(key)
+    return Path(value) if isinstance(value, str) else None
 
 
-def _stage_names(run_dir: Path, summary: dict[str, Any], stages: Sequence[str] | None) -> list[str]:
+def _stage_names(layout: RunDir, summary: dict[str, Any], stages: Sequence[str] | None) -> list[str]:
     """The recipe's stages in graph order; without the recipe, what the run directory shows."""
     if stages:
         return list(stages)
     names = set(summary.get("executed", [])) | set(summary.get("skipped", []))
     names |= set(summary.get("failed", {})) | set(summary.get("not_run", []))
-    for result in run_dir.glob("*/result.json"):
-        names.add(result.parent.name)
-    for result in run_dir.glob("*/*/result.json"):
-        names.add(f"{result.parent.parent.name}:{result.parent.name}")
+    names |= set(layout.finished_stages())
     names.discard("(engine)")
     return sorted(names, key=lambda n: (_rank(n), n))
 
@@ -159,35 +144,35 @@ def build_report(run_dir: Path, recipe: Any = None, stages: Sequence[str] | None
     """Everything the report shows, read from ``run_dir``. ``recipe`` (a Recipe) adds the
     description and the verify bars; ``profiles`` maps target -> the profile's precision (to say
     why a precision was chosen); ``notices`` the stages the graph left out (when no summary)."""
-    run_dir = Path(run_dir)
-    summary = _read(run_dir / "summary.json")
+    layout = RunDir(run_dir)
+    summary = layout.summary() or {}
     had_summary = bool(summary)
     summary.setdefault("not_applicable", dict(notices or {}))
-    names = _stage_names(run_dir, summary, stages)
-    results = {n: _read(_stage_dir(run_dir, n) / "result.json") for n in names}
+    names = _stage_names(layout, summary, stages)
+    results = {n: layout.result(n) or {} for n in names}
     metrics = {n: r.get("metrics") or {} for n, r in results.items()}
     failed: dict[str, str] = summary.get("failed") or {}
     not_applicable: dict[str, str] = summary.get("not_applicable") or {}
     not_run = [n for n in summary.get("not_run", []) if n not in failed]
     complete = had_summary and not not_run and all(results.values())
     status = "failed" if failed else "passed" if complete else "incomplete"
-    sections = [_stages_section(run_dir, names, summary, results)]
-    sections += _data_sections(run_dir, metrics.get("data", {}))
-    sections += _training_sections(run_dir, names, metrics)
+    sections = [_stages_section(layout, names, summary, results)]
+    sections += _data_sections(layout, results, metrics.get("data", {}))
+    sections += _training_sections(layout, names, results, metrics)
     targets = [n.split(":", 1)[1] for n in names if n.startswith("build:")]
     targets += [n.split(":", 1)[1] for n in not_applicable if n.startswith("ship:") and
                 n.split(":", 1)[1] not in targets]
     for target in targets:
-        sections += _target_sections(run_dir, target, metrics, (profiles or {}).get(target))
+        sections += _target_sections(layout, target, metrics, (profiles or {}).get(target))
     rows = [[n, "skipped", why] for n, why in sorted(not_applicable.items(), key=lambda kv: _rank(kv[0]))]
     rows += [[n, "failed", why] for n, why in failed.items()]
     rows += [[n, "not run", "an upstream stage failed or was not selected"] for n in not_run]
     sections += [Section("Skipped, failed or not run", tables=[Table(["stage", "state", "why"], rows)])] if rows else []
 
-    name = summary.get("recipe") or (recipe.name if recipe is not None else run_dir.name)
+    name = summary.get("recipe") or (recipe.name if recipe is not None else layout.root.name)
     facts = [("finished", summary.get("finished", "never (no summary.json)")),
              ("recipe", str(summary.get("recipe_path", "—"))), ("recipe hash", str(summary.get("recipe_hash", "—"))[:12]),
-             ("run directory", str(run_dir))]
+             ("run directory", str(layout.root))]
     bars = recipe.verify.model_dump().items() if recipe is not None else []
     facts += [("verify bars", ", ".join(f"{k} {v}" for k, v in bars if v is not None))] if bars else []
     cards = _cards(summary, names, metrics, sum(map(bool, results.values())))
@@ -216,7 +201,7 @@ def _cards(summary: dict[str, Any], names: list[str], metrics: dict[str, dict[st
     return cards
 
 
-def _stages_section(run_dir: Path, names: list[str], summary: dict[str, Any],
+def _stages_section(layout: RunDir, names: list[str], summary: dict[str, Any],
                     results: dict[str, dict[str, Any]]) -> Section:
     sec = Section("Stages")
     failed = summary.get("failed") or {}
@@ -225,7 +210,7 @@ def _stages_section(run_dir: Path, names: list[str], summary: dict[str, Any],
         state = ("failed" if n in failed else "ran" if n in summary.get("executed", [])
                  else "up to date" if n in summary.get("skipped", []) else "done earlier" if results.get(n)
                  else "not run")
-        timing = _read(_stage_dir(run_dir, n) / "timing.json")
+        timing = _read(layout.timing_file(n))
         secs = (summary.get("durations") or {}).get(n, timing.get("seconds"))
         notes = failed.get(n) or "; ".join((results.get(n) or {}).get("notes") or [])
         rows.append([n, state, f"{secs:,.1f} s" if _num(secs) else "—", notes[:300]])
@@ -238,8 +223,9 @@ def _stages_section(run_dir: Path, names: list[str], summary: dict[str, Any],
     return sec
 
 
-def _data_sections(run_dir: Path, headline: dict[str, Any]) -> list[Section]:
-    data = _read(run_dir / "data" / "summary.json")
+def _data_sections(layout: RunDir, results: dict[str, dict[str, Any]], headline: dict[str, Any]) -> list[Section]:
+    dataset = ((results.get("data") or {}).get("artifacts") or {}).get("dataset") or {}
+    data = _read(Path(dataset["summary"])) if dataset.get("summary") else {}
     if not data and not headline:
         return []
     sec = Section("Dataset")
@@ -269,11 +255,14 @@ def _data_sections(run_dir: Path, headline: dict[str, Any]) -> list[Section]:
     missing = (splits.get("train") or {}).get("charset_missing")
     sec.text += [f"Charset characters never seen in training: {missing}"] if missing else []
     sec.text += [f"warning: {w}" for w in (data.get("warnings") or [])[:10]]
-    sec.images.append(("validation images with their labels (data/preview.png)", run_dir / "data" / "preview.png"))
+    if dataset.get("preview"):
+        preview = Path(dataset["preview"])
+        sec.images.append((f"validation images with their labels ({layout.relative(preview)})", preview))
     return [sec]
 
 
-def _training_sections(run_dir: Path, names: list[str], metrics: dict[str, dict[str, Any]]) -> list[Section]:
+def _training_sections(layout: RunDir, names: list[str], results: dict[str, dict[str, Any]],
+                       metrics: dict[str, dict[str, Any]]) -> list[Section]:
     out = []
     models = [n for n in names if n.startswith("train:")]
     if models:
@@ -285,8 +274,9 @@ def _training_sections(run_dir: Path, names: list[str], metrics: dict[str, dict[
                          fmt(m.get("steps")), fmt(m.get("best_epoch")), fmt(m.get("best_metric"))])
         sec.tables.append(Table(["model", "init", "epochs", "steps", "best epoch", "best val metric"], rows,
                                 "best val metric: hmean for the detector, line accuracy for the recognizer"))
-        sec.images += [(f"{n.split(':', 1)[1]} training curves ({n.replace(':', '/')}/curves.png)",
-                        _stage_dir(run_dir, n) / "curves.png") for n in models]
+        curves = {n: _artifact(results, n, f"{n.split(':', 1)[1]}_curves") for n in models}
+        sec.images += [(f"{n.split(':', 1)[1]} training curves ({layout.relative(png)})", png)
+                       for n, png in curves.items() if png is not None]
         out.append(sec)
     ev = metrics.get("evaluate") or {}
     if ev:
@@ -323,18 +313,21 @@ def _training_sections(run_dir: Path, names: list[str], metrics: dict[str, dict[
                              _diff(p.get(f"{metric}_after"), p.get(f"{metric}_before"))])
         sec.tables.append(Table(["model", "measure", "before", "after", "change"], rows,
                                 "latency: median of onnxruntime runs, 2 threads, on this machine"))
-        sec.tables += _channel_tables(run_dir)
-        for png in sorted((run_dir / "prune").glob("*/curves.png")):
-            sec.images.append((f"{png.parent.name} fine-tuning after pruning ({png.relative_to(run_dir)})", png))
+        sec.tables += _channel_tables(layout, results)
+        for model in ("detector", "recognizer"):
+            png = _artifact(results, "prune", f"{model}_prune_curves")
+            if png is not None:
+                sec.images.append((f"{model} fine-tuning after pruning ({layout.relative(png)})", png))
         out.append(sec)
     return out
 
 
-def _channel_tables(run_dir: Path) -> list[Table]:
+def _channel_tables(layout: RunDir, results: dict[str, dict[str, Any]]) -> list[Table]:
     """Per model, the layers whose output channels were pruned (``prune/<model>.channels.json``):
     with ``allocation: sensitivity`` this is where the MACs were taken from."""
     tables = []
-    for path in sorted((run_dir / "prune").glob("*.channels.json")):
+    plans = (_artifact(results, "prune", f"{m}_channels") for m in ("detector", "recognizer"))
+    for path in (p for p in plans if p is not None):
         try:
             plan = json.loads(path.read_text(encoding="utf-8"))
             changed = [(name, c["before"][1], c["after"][1]) for name, c in plan["channels"].items()
@@ -345,17 +338,17 @@ def _channel_tables(run_dir: Path) -> list[Table]:
         model = path.name.split(".")[0]
         tables.append(Table(["layer", "channels before", "after", "kept"], rows,
                             f"{model}: {plan.get('importance')} ranking, {plan.get('allocation')} allocation, "
-                            f"{len(changed)} layers pruned ({path.relative_to(run_dir)})"))
+                            f"{len(changed)} layers pruned ({layout.relative(path)})"))
     return tables
 
 
-def _target_sections(run_dir: Path, target: str, metrics: dict[str, dict[str, Any]],
+def _target_sections(layout: RunDir, target: str, metrics: dict[str, dict[str, Any]],
                      profile_precision: str | None) -> list[Section]:
     build = metrics.get(f"build:{target}") or {}
     verify = metrics.get(f"verify:{target}") or {}
-    bundle_dir = run_dir / "verify" / target / "bundle"
+    bundle_dir = layout.bundle_dir(f"verify:{target}")
     if not (bundle_dir / "manifest.json").is_file():
-        bundle_dir = run_dir / "build" / target / "bundle"
+        bundle_dir = layout.bundle_dir(f"build:{target}")
     manifest = _read(bundle_dir / "manifest.json")
     sec = Section(f"Target {target}")
     built = build.get("candidates") or sorted(manifest.get("candidates") or [])
@@ -385,14 +378,14 @@ def _target_sections(run_dir: Path, target: str, metrics: dict[str, dict[str, An
         where = (manifest.get("verify") or {}).get("measured_on", "?")
         sec.tables.append(Table(["precision", "hmean", "e2e lines", "drop vs fp32", "within drop", "p50", "p90",
                                  "peak RSS"], rows, f"verify: candidates measured through the device runtime on {where}"))
-    files = _bundle_files(bundle_dir, run_dir / "build" / target / "bundle.tar.gz")
+    files = _bundle_files(bundle_dir, layout.bundle_archive(f"build:{target}"))
     if files:
-        sec.tables.append(Table(["artifact", "size"], files, f"bundle {bundle_dir.relative_to(run_dir) if bundle_dir.is_relative_to(run_dir) else bundle_dir}"))
+        sec.tables.append(Table(["artifact", "size"], files, f"bundle {layout.relative(bundle_dir)}"))
     for kind, cols in (("ship", {"release": "release", "previous": "previous", "uploaded_bytes": "uploaded",
                                  "seconds": "time"}),
                        ("check", {"release": "release", "precision": "precision", "hmean": "hmean",
                                   "e2e_line_accuracy": "e2e lines", "latency_p50_ms": "p50", "latency_p90_ms": "p90"})):
-        hosts = _read(run_dir / kind / target / "hosts.json")
+        hosts = _read(layout.hosts_file(f"{kind}:{target}"))
         if hosts:
             rows = []
             for host, r in hosts.items():
@@ -435,103 +428,3 @@ def _bundle_files(bundle: Path, archive: Path) -> list[list[str]]:
     rows += [[f"{sub}/", fmt_bytes(size(bundle / sub))] for sub in ("runtime", "val") if (bundle / sub).is_dir()]
     rows.append(["whole bundle", fmt_bytes(size(bundle))])
     return rows + ([[archive.name, fmt_bytes(archive.stat().st_size)]] if archive.is_file() else [])
-
-
-# ------------------------------------------------------------------------------ rendering
-
-_CSS = Path(__file__).with_name("templates") / "report.css"  # inlined into every report
-_ACCENT = {"passed": "#2e9d5b", "failed": "#d64545", "incomplete": "#d99c1e"}
-_STATE_CLASS = {"ok": "ok", "ran": "ok", "up to date": "ok", "done earlier": "ok", "yes": "ok",
-                "failed": "bad", "NO": "bad", "no": "bad", "not run": "bad", "skipped": "skip"}
-
-
-def _numeric_columns(table: Table) -> list[bool]:
-    cols = []
-    for i in range(len(table.headers)):
-        cells = [r[i] for r in table.rows if i < len(r) and r[i] not in ("—", "")]
-        cols.append(bool(cells) and all(_NUMERIC.match(c.replace("✓ ", "")) for c in cells))
-    return cols
-
-
-def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
-def render_html(report: Report) -> str:
-    e = html.escape
-    out = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(report.name)} — run report</title>",
-           f"<style>:root{{--accent:{_ACCENT.get(report.status, '#627d98')}}}{_CSS.read_text(encoding='utf-8')}</style></head><body><main>",
-           f"<header><h1>{e(report.name)}<span class='badge'>{e(report.status.upper())}</span></h1>"]
-    if report.description:
-        out.append(f"<div class='desc'>{e(report.description)}</div>")
-    out.append("<div class='facts'>" + " · ".join(f"<b>{e(k)}</b> {e(v)}" for k, v in report.facts) + "</div></header>")
-    out.append("<div class='cards'>" + "".join(
-        f"<div class='card'><div class='l'>{e(label)}</div><div class='v'>{e(value)}</div><div class='d'>{e(detail)}</div></div>"
-        for label, value, detail in report.cards) + "</div>")
-    for sec in report.sections:
-        out.append(f"<section><h2>{e(sec.title)}</h2>")
-        out += [f"<p>{e(t)}</p>" for t in sec.text]
-        for table in sec.tables:
-            if table.caption:
-                out.append(f"<h3>{e(table.caption)}</h3>")
-            nums = _numeric_columns(table)
-            out.append(("<table class='narrow'>" if len(table.headers) <= 3 else "<table>") + "<tr>" + "".join(
-                f"<th class='num'>{e(h)}</th>" if n else f"<th>{e(h)}</th>" for h, n in zip(table.headers, nums, strict=True)) + "</tr>")
-            out += ["<tr>" + "".join(f"<td class='{'num' if n else _STATE_CLASS.get(c.split(':')[0], '')}'>{e(c)}</td>"
-                                     for c, n in zip(row, nums, strict=False)) + "</tr>" for row in table.rows]
-            out.append("</table>")
-        images = [(c, p) for c, p in sec.images if p.is_file()]
-        if images:
-            out.append("<div class='grid2'>" if len(images) > 1 else "<div class='one'>")
-            out += [f"<figure><img alt='{e(c)}' src='{_data_uri(p)}'><figcaption>{e(c)}</figcaption></figure>"
-                    for c, p in images]
-            out.append("</div>")
-        out.append("</section>")
-    out.append(f"<footer>written {e(time.strftime('%Y-%m-%d %H:%M:%S %Z'))} by recipe report · every number comes from "
-               "the stages' result.json files</footer></main></body></html>")
-    return "\n".join(out)
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def render_markdown(report: Report, run_dir: Path) -> str:
-    out = [f"# {report.name} — {report.status.upper()}", ""]
-    if report.description:
-        out += [report.description, ""]
-    out += [f"- **{k}**: {v}" for k, v in report.facts] + [""]
-    out += ["| " + " | ".join(c[0] for c in report.cards) + " |", "|" + "---:|" * len(report.cards),
-            "| " + " | ".join(_md_cell(c[1]) for c in report.cards) + " |", ""]
-    for sec in report.sections:
-        out += [f"## {sec.title}", ""]
-        out += [line for t in sec.text for line in (_md_cell(t), "")]
-        for table in sec.tables:
-            if table.caption:
-                out += [f"*{table.caption}*", ""]
-            nums = _numeric_columns(table)
-            out.append("| " + " | ".join(_md_cell(h) for h in table.headers) + " |")
-            out.append("|" + "".join("---:|" if n else "---|" for n in nums))
-            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
-            out.append("")
-        out += [line for caption, png in sec.images if png.is_file() for line in
-                (f"![{caption}]({png.relative_to(run_dir) if png.is_relative_to(run_dir) else png})", "")]
-    return "\n".join(out)
-
-
-def write_report(run_dir: Path, recipe: Any = None, stages: Sequence[str] | None = None,
-                 profiles: dict[str, str] | None = None, notices: dict[str, str] | None = None) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``report.md`` into ``run_dir`` (atomically); returns both paths."""
-    run_dir = Path(run_dir)
-    report = build_report(run_dir, recipe, stages, profiles, notices)
-    html_path, md_path = run_dir / REPORT_HTML, run_dir / REPORT_MD
-    atomic_write_text(html_path, render_html(report))
-    atomic_write_text(md_path, render_markdown(report, run_dir))
-    return html_path, md_path
-
-
-def write_pipeline_report(pipeline: Any) -> tuple[Path, Path]:
-    """The report of a `graph.Pipeline`'s run directory, with its recipe and profiles."""
-    profiles = {name: p.precision for name, p in pipeline.loaded.profiles.items()}
-    stages = [s.name for s in pipeline.stages]
-    return write_report(pipeline.run_dir, pipeline.recipe, stages, profiles, pipeline.notices)

@@ -1,0 +1,102 @@
+"""The `verify:TARGET` stage: the bundle run through the device runtime here, before shipping.
+
+``python -m runtime.check`` inside the bundle (the very entry point a device runs) reads the
+bundle's validation images with every candidate precision; the predictions are scored with the
+one metrics implementation and each reduced precision is held to the fp32 export
+(``verify.max_drop``). For ``precision: auto`` on a machine of the target's architecture the
+fastest candidate within the bar becomes the active one, and (``verify.candidates: chosen``,
+the default) the others' model files leave the bundle: a device pays for the copy it runs, not
+for the ones that lost (the flagship's local-cpu bundle: 27.7 MB with both, README: Results).
+The result is the *verified* bundle: the build's, re-sealed with the measurements, which is what
+ship installs.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..fsutil import replace_dir
+from .check import bars_failed
+from .contract import StageContext, StageFailed, StageResult
+
+
+def run(ctx: StageContext) -> StageResult:
+    from ..deploy.bundle import BundleError, bundle_labels, finalize_bundle, run_local_check
+    from ..runtime.bundle_manifest import manifest_meta, read_manifest
+    from ..training.metrics import score_predictions
+
+    target = ctx.param
+    profile = ctx.target_profile()
+    assert target
+    built = Path(ctx.upstream_artifact(f"build:{target}", target)["bundle"])
+    meta = manifest_meta(read_manifest(built))
+    candidates = sorted(meta.get("candidates") or [meta["precision"]])
+    labels = bundle_labels(built)
+    verify = ctx.recipe.verify
+    results: dict[str, dict[str, Any]] = {}
+    # fp32 first: the exported fp32 model (checked against torch at export) is the baseline the
+    # reduced precisions are held to; pruning's own loss is reported by the prune stage.
+    for precision in sorted(candidates, key=lambda p: p != "fp32"):
+        try:
+            report = run_local_check(built, precision, verify.samples, runs=2)
+        except BundleError as exc:
+            raise StageFailed(str(exc)) from None
+        results[precision] = score_predictions(report, labels)
+        ctx.log.info("verify %s %s: %s", target, precision, results[precision])
+    baseline = results.get("fp32", {}).get("e2e_line_accuracy")
+    if baseline is None:
+        baseline = ctx.upstream["evaluate"]["metrics"].get("e2e_line_accuracy")
+    for m in results.values():
+        m["drop_vs_fp32"] = (baseline - m["e2e_line_accuracy"]) if baseline is not None else None
+        m["within_drop"] = m["drop_vs_fp32"] is None or m["drop_vs_fp32"] <= verify.max_drop
+    active = meta["precision"]
+    here = platform.machine() == profile.arch
+    chose = profile.precision == "auto" and here
+    if chose:
+        passing = [p for p, m in results.items() if m["within_drop"]] or ["fp32"]
+        active = min(passing, key=lambda p: results[p]["latency_p50_ms"])
+    chosen = results[active]
+    if not chosen["within_drop"]:
+        raise StageFailed(
+            f"{target}: {active} end-to-end line accuracy {chosen['e2e_line_accuracy']:.4f} drops "
+            f"{chosen['drop_vs_fp32']:.4f} below the fp32 model (verify.max_drop {verify.max_drop})"
+        )
+    out = ctx.run.bundle_dir(ctx.name)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(built, tmp)
+    if chose and verify.candidates == "chosen":
+        _keep_only(tmp, meta, active)
+    meta.update(
+        precision=active,
+        verify={"measured_on": platform.machine(), "host_latency_is_device_latency": here, "candidates": results},
+    )
+    finalize_bundle(tmp, meta)
+    replace_dir(tmp, out)
+    missed = bars_failed(chosen, verify) if here else []
+    notes = [f"bars missed on this machine: {', '.join(missed)}"] if missed else []
+    if missed and profile.transport == "local":
+        raise StageFailed(f"{target}: {'; '.join(missed)}")
+    flat = {f"{p}_{k}": v for p, m in results.items() for k, v in m.items() if not isinstance(v, dict)}
+    return StageResult(
+        outputs=[out / "manifest.json"],
+        metrics={"active": active, **flat},
+        artifacts={f"{target}:verified": {"bundle": str(out), "precision": active}},
+        notes=notes,
+    )
+
+
+def _keep_only(bundle: Path, meta: dict[str, Any], precision: str) -> None:
+    """Drop every candidate's model files but ``precision``'s from an unsealed bundle copy."""
+    keep = set(meta["candidates"][precision].values())
+    for name, paths in meta["candidates"].items():
+        if name != precision:
+            for rel in set(paths.values()) - keep:
+                (bundle / rel).unlink()
+    for sub in (bundle / "models").iterdir():
+        if sub.is_dir() and not any(sub.iterdir()):
+            sub.rmdir()
+    meta["candidates"] = {precision: meta["candidates"][precision]}

@@ -6,8 +6,9 @@ fake-quantized to the grid of the recipe's int8 targets (the ``qat.reduce_range`
 when any of them quantizes with reduce_range) and, with ``qat.activations``, the input of each of
 those layers fake-quantized to uint8; it is handed on with its weights snapped to that grid.
 
-Validation costs as much as a few hundred QAT steps on a Pi-class CPU, so the stage validates
-twice: the float model before, and (inside ``fit``, on its last epoch) the fake-quantized one.
+On a 2-core build machine one validation of the PP-OCRv6 recognizer costs about as much as the
+60 QAT steps, so the stage validates twice: the float model before, and (inside ``fit``, on its
+last epoch) the fake-quantized one.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def run(ctx: StageContext) -> StageResult:
         result = fit(task, cfg)
         model = task.model.eval()
         after = result.history[-1].get(f"val_{key}") if key and result.history else None
-        if key and after is None:  # resumed past the end: the history lacks the last row
+        if key and after is None:  # a history without the last epoch's validation
             after = task.validate(model).get(key)
         remove_activation_fake_quant(model, hooks)
         remove_weight_fake_quant(model)

@@ -22,6 +22,7 @@ from engine.models.ppocr.convert import (
     find_onnx,
     load_onnx_weights,
 )
+from engine.models.registry import ModelConfigError
 from engine.runtime.postprocess import crop_polygon, ctc_greedy_decode
 from engine.runtime.preprocess import detector_input, norm_of, recognizer_input, recognizer_widths
 from engine.training import pretrained
@@ -136,3 +137,15 @@ def test_the_dictionary_is_the_metadata_plus_a_space() -> None:
     chars = dictionary(find_onnx("recognizer"))
     assert len(chars) == 18709 and chars[-1] == " " and len(set(chars)) == len(chars)
     assert all(len(c) == 1 for c in chars)
+
+
+def test_the_recognizer_reads_32_pixel_lines_with_the_same_weights() -> None:
+    """Height 32 (the flagship's) is the pretrained network on smaller lines: the same
+    parameters, T = W / 8 steps; heights the registry does not list are refused by name."""
+    tall = build_recognizer("ppocrv6", "svtr", num_classes=77, height=48)
+    short = build_recognizer("ppocrv6", "svtr", num_classes=77, height=32)
+    short.load_state_dict(tall.state_dict())  # strict: nothing depends on the height
+    with torch.no_grad():
+        assert short.eval()(torch.zeros(2, 3, 32, 160)).shape == (2, 20, 77)
+    with pytest.raises(ModelConfigError, match=r"height must be one of \[32, 48\], got 40"):
+        build_recognizer("ppocrv6", "svtr", num_classes=77, height=40)

@@ -86,8 +86,9 @@ def count_macs(model: nn.Module, *inputs: torch.Tensor) -> Cost:
 
 
 def report(size: int = 640, rec_width: int = 320) -> list[str]:
-    """Cost lines for every registered variant (detector at size×size, recognizer at 32×rec_width)."""
+    """Cost lines for every registered variant (detector at size×size, recognizer at each height it accepts × rec_width)."""
     from . import DEFAULT_CONFIGS, build_detector, build_recognizer
+    from .registry import input_spec
 
     lines = []
     x = torch.zeros(1, 3, size, size)
@@ -97,7 +98,7 @@ def report(size: int = 640, rec_width: int = 320) -> list[str]:
             lines.append(f"{arch}/{backbone} @{size}x{size}: {count_macs(model, x)}")
     for arch, variants in DEFAULT_CONFIGS["recognizer"].items():
         for seq in variants:
-            for h in (32, 48):
+            for h in input_spec("recognizer", arch)["heights"]:
                 model = build_recognizer(arch, seq, num_classes=76, height=h).eval()
                 xr = torch.zeros(1, 3, h, rec_width)
                 lines.append(f"{arch}/{seq} @{h}x{rec_width}: {count_macs(model, xr)}")

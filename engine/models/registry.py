@@ -82,7 +82,7 @@ ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
                                   "mlp_ratio": 2.0, "local_kernel": 7}},
             # long plate lines are ~15x their height; RapidOCR never squashes a line (it pads the
             # batch to its widest), so the default leaves room for them
-            "inputs": {**PADDLE_BGR, "downsample": 8, "heights": [48], "default_height": 48,
+            "inputs": {**PADDLE_BGR, "downsample": 8, "heights": [32, 48], "default_height": 48,
                        "default_max_width": 960},
             "base": "ppocrv6",
             "weights": "rapidocr/models/PP-OCRv6_rec_small.onnx",

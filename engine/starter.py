@@ -19,18 +19,22 @@ dataset:
   on_unknown_char: error               # error | skip | replace
 
 models:
-  detector: {{arch: dbnet, backbone: mobilenetv3, input_size: 640, train_size: 384, init: base}}
-  recognizer: {{arch: crnn, sequence: conv, height: 32, max_width: 320, init: base}}  # conv: all-int8 on devices
+  # PP-OCRv6 small, pretrained (weights from the installed rapidocr wheel), fine-tuned on your data.
+  # For the smallest models: {{arch: dbnet, backbone: mobilenetv3}} / {{arch: crnn, sequence: conv}}.
+  detector: {{arch: ppocrv6, input_size: 512, train_size: 384, init: base}}
+  recognizer: {{arch: ppocrv6, height: 32, max_width: 640, init: base}}
+  postprocess: {{thresh: 0.3, box_thresh: 0.6, unclip_ratio: 1.5}}
 
 train:
-  epochs: 20                           # shared; override per model below
-  lr: 2.0e-4
-  detector: {{batch_size: 8}}
-  recognizer: {{batch_size: 32}}
+  epochs: 2                            # 0 ships the pretrained models as they are (zero-shot)
+  warmup_epochs: 0.1
+  # backbone_lr: the backbone's lr as a fraction of lr (0 freezes it)
+  detector: {{batch_size: 8, lr: 2.0e-4, backbone_lr: 0.1}}
+  recognizer: {{batch_size: 16, lr: 5.0e-4, backbone_lr: 0.05}}
 
 optimize:
-  prune: {{amount: 0.3, finetune_epochs: 5}}   # structured channel pruning; 0 = off
-  calibration: {{method: minmax, samples: 64}} # int8 calibration on real training images
+  quantize: {{reduce_range: true, qat: {{models: [recognizer]}}}}  # short int8-aware fine-tune
+  calibration: {{method: minmax, samples: 64, recognizer: {{method: percentile, percentile: 99.99}}}}
 
 targets: [local-cpu]                   # `recipe targets` lists the profiles
 # deploy:

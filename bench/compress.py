@@ -170,8 +170,13 @@ def bench_run(run_dir: Path, args: argparse.Namespace, work: Path) -> list[dict[
     images = [load_image_rgb(r.image) for r in val]
     gts = [[ln.to_dict() for ln in r.lines] for r in val]
     reader = make_session(run_dir / "export" / "recognizer.onnx", args.threads)
-    charset = model_from_checkpoint(run_dir / "train" / "recognizer" / "checkpoints" / "best.pt")[1]["charset"]
-    models = {"fp32": model_from_checkpoint(run_dir / "train" / "detector" / "checkpoints" / "best.pt")[0],
+    rec_meta = model_from_checkpoint(run_dir / "train" / "recognizer" / "checkpoints" / "best.pt")[1]
+    det_model, det_meta = model_from_checkpoint(run_dir / "train" / "detector" / "checkpoints" / "best.pt")
+    if (det_meta["arch"], rec_meta["arch"]) != ("dbnet", "crnn"):  # fixed input conventions below
+        raise SystemExit(f"{run_dir}: --run measures dbnet/crnn runs (this one is "
+                         f"{det_meta['arch']}/{rec_meta['arch']}); PP-OCRv6 pruning: README")
+    charset = rec_meta["charset"]
+    models = {"fp32": det_model,
               "pruned": load_pruned(run_dir / "prune" / "detector.pruned.pt")[0]}
     paths: dict[str, Path] = {}
     feeds = [detector_input(img, args.size)[0] for img in images[:2]]

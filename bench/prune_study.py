@@ -170,12 +170,16 @@ def study(args: argparse.Namespace, work: Path) -> int:
     run = args.run
     manifest = run / "data" / "manifest.jsonl"
     base, meta = model_from_checkpoint(run / "train" / "detector" / "checkpoints" / "best.pt")
+    rec_meta = model_from_checkpoint(run / "train" / "recognizer" / "checkpoints" / "best.pt")[1]
+    if (meta["arch"], rec_meta["arch"]) != ("dbnet", "crnn"):  # fixed input conventions below
+        raise SystemExit(f"{run}: the study measures dbnet/crnn runs (this one is "
+                         f"{meta['arch']}/{rec_meta['arch']}); PP-OCRv6 pruning: README")
     post = {"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": args.unclip}
     trained_on = (with_extra_train(manifest, work / "extra", args.extra_train, args.extra_seed)
                   if args.extra_train else manifest)
     task = DetectorTask(trained_on, backbone=meta["backbone"], train_size=384, input_size=640,
                         postprocess=post, val_limit=args.eval_images)
-    charset = model_from_checkpoint(run / "train" / "recognizer" / "checkpoints" / "best.pt")[1]["charset"]
+    charset = rec_meta["charset"]
     reader = make_session(run / "export" / "recognizer.onnx", 2)
     val = detection_records(manifest, "val")[: args.eval_images]
     sets = {"": val}

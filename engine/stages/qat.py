@@ -57,7 +57,7 @@ def run(ctx: StageContext) -> StageResult:
         remove_weight_fake_quant(model)
         out = ctx.out_dir / f"{model_name}.qat.pt"
         m: dict[str, Any] = {"layers": layers, f"{key}_fp32": fp32.get(key), f"{key}_after": after,
-             "activations": spec.activations}
+                             "activations": spec.activations}
         save_pruned(out, model, build_spec(meta), extra={"meta": meta, "metrics": m, "qmax": qmax})
         outputs.append(out)
         metrics.update({f"{model_name}_{k}": v for k, v in m.items()})

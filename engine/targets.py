@@ -59,8 +59,12 @@ class DetectorInput(Strict):
 
 
 class RecognizerInput(Strict):
-    batch: int = Field(16, ge=1, le=1024, description="crops per recognizer call")
+    batch: int = Field(16, ge=1, le=1024, description="most crops per recognizer call")
     max_width: int = Field(320, ge=32, le=4096)
+    max_padding: float = Field(
+        1.0, ge=0, le=1,
+        description="most of a batch's columns that may be padding (0: one crop per call; "
+                    "1: pad to the batch's widest crop)")
 
 
 class TargetProfile(Strict):

@@ -80,7 +80,7 @@ def small_bundle(out_dir: Path, models: dict[str, dict[str, Path]], active: str 
     kwargs = dict(
         models=models, active=active or next(iter(models)), charset=DEFAULT_CHARSET,
         detector={"input": "input", "max_side": 128},
-        recognizer={"input": "input", "height": 32, "max_width": 160, "batch": 4},
+        recognizer={"input": "input", "height": 32, "max_width": 160, "batch": 4, "max_padding": 1.0},
         postprocess={"thresh": 0.0105, "box_thresh": 0.0, "unclip_ratio": 1.5, "min_text_score": 0.0},
         threads=1, providers=["CPUExecutionProvider"], runtime="onnxruntime",
         target="local-cpu", arch="x86_64", recipe={"name": "test", "hash": "0" * 16},

@@ -81,7 +81,7 @@ def make_hand_bundle(d: Path, name: str = "hand", min_text_score: float = 0.0) -
     return build_bundle(
         d / "bundle", models=models, active="fp32", charset=CHARSET,
         detector={"input": "input", "max_side": 256},
-        recognizer={"input": "input", "height": 32, "max_width": 256, "batch": 2},
+        recognizer={"input": "input", "height": 32, "max_width": 256, "batch": 2, "max_padding": 1.0},
         postprocess={"thresh": 0.3, "box_thresh": 0.5, "unclip_ratio": 0.1,
                      "min_text_score": min_text_score},
         threads=1, providers=["CPUExecutionProvider"], runtime="onnxruntime", target="local-cpu",
@@ -146,6 +146,20 @@ def test_batching_by_width_matches_one_by_one(hand_bundle):
     assert batch_by_width([], 4) == [] and batch_by_width([5], 0) == [[0]]
 
 
+def test_batch_by_width_bounds_padding():
+    """max_padding closes a batch before the crop that would make it mostly padding; each
+    batch then computes at most that share of padded columns."""
+    widths = [40, 48, 200, 48, 56, 64, 208, 640]
+    assert batch_by_width(widths, 16) == [[0, 1, 3, 4, 5, 2, 6, 7]]  # 1.0: pad to the widest
+    chunks = batch_by_width(widths, 16, 0.3)
+    assert chunks == [[0, 1, 3, 4, 5], [2, 6], [7]]
+    for chunk in chunks:
+        computed = max(widths[i] for i in chunk) * len(chunk)
+        assert computed - sum(widths[i] for i in chunk) <= 0.3 * computed
+    assert batch_by_width(widths, 2, 0.3) == [[0, 1], [3, 4], [5], [2, 6], [7]]
+    assert batch_by_width(widths, 16, 0.0) == [[0], [1, 3], [4], [5], [2], [6], [7]]
+
+
 def test_real_models_predict_and_clis(tmp_path):
     """Untrained exported models: the documented structure, predict_cli and runtime.check."""
     bundle = small_bundle(tmp_path / "bundle", {"fp32": export_small_models(tmp_path / "m")})
@@ -197,7 +211,7 @@ def test_tensorrt_bundle_falls_back_to_onnxruntime(tmp_path, caplog):
     bundle = build_bundle(
         tmp_path / "bundle", models={"fp32": models, "fp16": models}, active="fp16",
         charset=CHARSET, detector={"input": "input", "max_side": 256},
-        recognizer={"input": "input", "height": 32, "max_width": 256, "batch": 4},
+        recognizer={"input": "input", "height": 32, "max_width": 256, "batch": 4, "max_padding": 1.0},
         postprocess={"thresh": 0.3, "box_thresh": 0.5, "unclip_ratio": 0.1, "min_text_score": 0.0},
         threads=1, providers=["CUDAExecutionProvider", "CPUExecutionProvider"], runtime="tensorrt",
         target="jetson-orin-nano", arch="aarch64", recipe={"name": "hand", "hash": "2" * 16},

@@ -164,7 +164,7 @@ def bundle(tmp_path_factory) -> Path:
     return build_bundle(
         d / "bundle", models={"fp32": {"detector": d / "det.onnx", "recognizer": d / "rec.onnx"}},
         active="fp32", charset=meta["charset"], detector={"input": "input", "max_side": 640},
-        recognizer={"input": "input", "height": 32, "max_width": 320, "batch": 8},
+        recognizer={"input": "input", "height": 32, "max_width": 320, "batch": 8, "max_padding": 1.0},
         postprocess={"thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.7, "min_text_score": 0.0},
         threads=2, providers=["CPUExecutionProvider"], runtime="onnxruntime", target="local-cpu",
         arch="x86_64", recipe={"name": "page-test", "hash": "3" * 16})

@@ -15,42 +15,53 @@ import numpy as np
 
 from ..runtime.geometry import crop_polygon
 from ..runtime.postprocess import ctc_greedy_decode, db_boxes
-from ..runtime.preprocess import detector_input, norm_of, recognizer_input, recognizer_widths
+from ..runtime.preprocess import (
+    batch_by_width,
+    detector_input,
+    norm_of,
+    recognizer_input,
+    recognizer_widths,
+)
 from ..training.metrics import detection_metrics, end_to_end_metrics
 
 __all__ = ["end_to_end_accuracy", "read_crops"]
 
 
 def read_crops(session: Any, crops: Sequence[np.ndarray], charset: str, height: int, max_width: int,
-               batch: int = 16, inputs: dict[str, Any] | None = None) -> list[str]:
-    """Texts of RGB crops through a recognizer session (input "input"), greedy CTC.
-    ``inputs``: the recognizer's input convention (registry: channels, mean, std, downsample)."""
-    texts: list[str] = []
+               batch: int = 16, max_padding: float = 1.0, inputs: dict[str, Any] | None = None) -> list[str]:
+    """Texts of RGB crops (in their order) through a recognizer session (input "input"), greedy
+    CTC, batched as the device batches them (``batch_by_width`` with the target's ``batch`` and
+    ``max_padding``). ``inputs``: the recognizer's input convention (registry: channels, mean,
+    std, downsample)."""
+    texts = [""] * len(crops)
     downsample = int((inputs or {}).get("downsample", 4))
-    for start in range(0, len(crops), batch):
-        chunk = list(crops[start : start + batch])
-        x = recognizer_input(chunk, height, max_width, **norm_of(inputs))
+    widths = recognizer_widths(crops, height, max_width)
+    for chunk in batch_by_width(widths, batch, max_padding):
+        x = recognizer_input([crops[i] for i in chunk], height, max_width, **norm_of(inputs))
         logits = session.run(None, {"input": x})[0]
-        lengths = [w // downsample for w in recognizer_widths(chunk, height, max_width)]
-        texts += [t for t, _ in ctc_greedy_decode(logits, charset, lengths=lengths)]
+        decoded = ctc_greedy_decode(logits, charset, lengths=[widths[i] // downsample for i in chunk])
+        for i, (text, _) in zip(chunk, decoded, strict=True):
+            texts[i] = text
     return texts
 
 
 def end_to_end_accuracy(detector: Any, recognizer: Any, images: Sequence[np.ndarray],
                         gts: Sequence[Sequence[dict[str, Any]]], charset: str, *, max_side: int,
                         height: int, max_width: int, postprocess: dict[str, Any],
-                        det_inputs: dict[str, Any] | None = None,
-                        rec_inputs: dict[str, Any] | None = None) -> dict[str, float]:
+                        det_inputs: dict[str, Any] | None = None, rec_inputs: dict[str, Any] | None = None,
+                        batch: int = 16, max_padding: float = 1.0) -> dict[str, float]:
     """{"hmean", "e2e_line_accuracy"}: the detector session's boxes, cut and read by the
     recognizer session, scored against ``gts`` (the manifest's line dicts per image).
     ``postprocess``: db_boxes keyword arguments (thresh, box_thresh, unclip_ratio, ...);
-    ``det_inputs`` / ``rec_inputs``: the models' input conventions (engine.models.registry)."""
+    ``det_inputs`` / ``rec_inputs``: the models' input conventions (engine.models.registry);
+    ``batch`` / ``max_padding``: the target's recognizer batching (see ``read_crops``)."""
     dets, lines = [], []
     for img in images:
         x, scale = detector_input(img, max_side, **norm_of(det_inputs))
         boxes = db_boxes(detector.run(None, {"input": x})[0][0, 0], scale, img.shape[:2], **postprocess)
         crops = [crop_polygon(img, pts) for pts, _ in boxes]
-        texts = read_crops(recognizer, crops, charset, height, max_width, inputs=rec_inputs) if crops else []
+        texts = (read_crops(recognizer, crops, charset, height, max_width, batch, max_padding, rec_inputs)
+                 if crops else [])
         dets.append(boxes)
         lines.append([{"points": pts, "text": t} for (pts, _), t in zip(boxes, texts, strict=True)])
     return {"hmean": float(detection_metrics(gts, dets)["hmean"]),

@@ -54,13 +54,16 @@ class GuardData:
     rec_max_width: int
     det_inputs: dict[str, Any]
     rec_inputs: dict[str, Any]
+    rec_batch: int  # the target's batching (a batch's padding changes what the recognizer reads)
+    rec_max_padding: float
     postprocess: dict[str, Any]
 
     def settings(self) -> dict[str, Any]:
         """What, besides the data, decides the guard's measurements (a cache key part)."""
         return {"charset": self.charset, "max_side": self.max_side, "height": self.rec_height,
                 "max_width": self.rec_max_width, "det_inputs": self.det_inputs,
-                "rec_inputs": self.rec_inputs, "postprocess": self.postprocess, "images": GUARD_IMAGES}
+                "rec_inputs": self.rec_inputs, "batch": self.rec_batch, "max_padding": self.rec_max_padding,
+                "postprocess": self.postprocess, "images": GUARD_IMAGES}
 
 
 @dataclass
@@ -94,13 +97,14 @@ def guard_metric(model_name: str, data: GuardData, fp32_recognizer: Path) -> Cal
             return end_to_end_accuracy(make_session(path, 2), readers[at], data.images, data.truths, data.charset,
                                        max_side=data.max_side, height=data.rec_height,
                                        max_width=data.rec_max_width, postprocess=data.postprocess,
-                                       det_inputs=data.det_inputs, rec_inputs=data.rec_inputs)["e2e_line_accuracy"]
+                                       det_inputs=data.det_inputs, rec_inputs=data.rec_inputs,
+                                       batch=data.rec_batch, max_padding=data.rec_max_padding)["e2e_line_accuracy"]
 
         return detector_fn
 
     def recognizer_fn(path: Any) -> float:
         texts = read_crops(make_session(path, 2), data.crops, data.charset, data.rec_height, data.rec_max_width,
-                           inputs=data.rec_inputs)
+                           batch=data.rec_batch, max_padding=data.rec_max_padding, inputs=data.rec_inputs)
         return sum(t == gt for t, gt in zip(texts, data.crop_texts, strict=True)) / max(len(data.crops), 1)
 
     return recognizer_fn

@@ -38,7 +38,7 @@ Manifest meta (besides the reserved ``format``, ``files`` and ``bundle_hash``), 
   (relpaths; the active pair is ``candidates[precision]`` — kept in one place so switching the
   active precision is a one-key change);
 - ``charset`` (expanded, class i+1 = charset[i]); ``detector``: {input, max_side, channels,
-  mean, std}; ``recognizer``: {input, height, max_width, batch, channels, mean, std,
+  mean, std}; ``recognizer``: {input, height, max_width, batch, max_padding, channels, mean, std,
   downsample} (the input conventions of engine.models.registry; a manifest without them is
   read with this project's DBNet / CRNN conventions); ``postprocess``: {thresh, box_thresh,
   unclip_ratio, shrink_ratio, min_text_score}; ``threads``; ``providers``;
@@ -110,7 +110,7 @@ RUNTIME_REQUIREMENTS = {
 }
 _REQUIRED_KEYS = {
     "detector": ("input", "max_side"),
-    "recognizer": ("input", "height", "max_width", "batch"),
+    "recognizer": ("input", "height", "max_width", "batch", "max_padding"),
     "postprocess": ("thresh", "box_thresh", "unclip_ratio", "min_text_score"),
 }
 _RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"

@@ -7,8 +7,9 @@ from ``manifest.json``, so the host's verify stage and the device run the same t
 
 Steps of :meth:`OCRPipeline.predict`: ``detector_input`` -> detector -> ``db_boxes`` ->
 ``sort_reading_order`` -> ``crop_polygon`` per box -> recognizer over crops *sorted by their
-resized width* in chunks of ``recognizer.batch`` (neighbours in width need almost no padding,
-and padding is what makes a batched line differ from the same line alone) ->
+resized width* in chunks of at most ``recognizer.batch`` whose padding stays within
+``recognizer.max_padding`` (``batch_by_width``: padding is work, and it is what makes a batched
+line differ from the same line alone) ->
 ``ctc_greedy_decode`` limited to each crop's valid steps -> lines whose text confidence is
 below ``postprocess.min_text_score`` are dropped.  Lines whose text decodes empty are kept: the
 box was still found (detection metrics count it), the caller sees ``text == ""``.
@@ -39,7 +40,7 @@ import onnxruntime as ort
 
 from .bundle_manifest import BundleError, read_manifest, verify_bundle
 from .postprocess import crop_polygon, ctc_greedy_decode, db_boxes, sort_reading_order
-from .preprocess import detector_input, norm_of, recognizer_input, recognizer_widths
+from .preprocess import batch_by_width, detector_input, norm_of, recognizer_input, recognizer_widths
 
 __all__ = [
     "OCRPipeline",
@@ -66,13 +67,6 @@ def default_bundle_dir() -> Path | None:
     """The bundle this runtime was shipped in (runtime/ sits at the bundle root), if any."""
     root = Path(__file__).resolve().parent.parent
     return root if (root / "manifest.json").is_file() else None
-
-
-def batch_by_width(widths: Sequence[int], batch: int) -> list[list[int]]:
-    """Indices grouped into chunks of at most ``batch``, in order of width (stable)."""
-    order = sorted(range(len(widths)), key=lambda i: widths[i])
-    step = max(1, int(batch))
-    return [order[k : k + step] for k in range(0, len(order), step)]
 
 
 # ------------------------------------------------------------------------------ backends
@@ -278,7 +272,10 @@ class OCRPipeline:
         downsample = int(self.rec_cfg.get("downsample", 4))  # input columns per CTC step
         widths = recognizer_widths(crops, height, max_width)
         results: list[tuple[str, float]] = [("", 0.0)] * len(crops)
-        for chunk in batch_by_width(widths, int(self.rec_cfg.get("batch", 8))):
+        # bundles before max_padding padded every batch to its widest crop
+        chunks = batch_by_width(widths, int(self.rec_cfg.get("batch", 8)),
+                                float(self.rec_cfg.get("max_padding", 1.0)))
+        for chunk in chunks:
             x = recognizer_input([crops[i] for i in chunk], height, max_width, **norm_of(self.rec_cfg))
             logits = self.recognizer.run(x)
             decoded = ctc_greedy_decode(logits, self.charset,

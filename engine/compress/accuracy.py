@@ -14,14 +14,9 @@ from typing import Any
 import numpy as np
 
 from ..runtime.geometry import crop_polygon
-from ..runtime.postprocess import ctc_greedy_decode, db_boxes
-from ..runtime.preprocess import (
-    batch_by_width,
-    detector_input,
-    norm_of,
-    recognizer_input,
-    recognizer_widths,
-)
+from ..runtime.pipeline import read_lines
+from ..runtime.postprocess import db_boxes
+from ..runtime.preprocess import detector_input, norm_of
 from ..training.metrics import detection_metrics, end_to_end_metrics
 
 __all__ = ["end_to_end_accuracy", "read_crops"]
@@ -33,16 +28,10 @@ def read_crops(session: Any, crops: Sequence[np.ndarray], charset: str, height: 
     CTC, batched as the device batches them (``batch_by_width`` with the target's ``batch`` and
     ``max_padding``). ``inputs``: the recognizer's input convention (registry: channels, mean,
     std, downsample)."""
-    texts = [""] * len(crops)
-    downsample = int((inputs or {}).get("downsample", 4))
-    widths = recognizer_widths(crops, height, max_width)
-    for chunk in batch_by_width(widths, batch, max_padding):
-        x = recognizer_input([crops[i] for i in chunk], height, max_width, **norm_of(inputs))
-        logits = session.run(None, {"input": x})[0]
-        decoded = ctc_greedy_decode(logits, charset, lengths=[widths[i] // downsample for i in chunk])
-        for i, (text, _) in zip(chunk, decoded, strict=True):
-            texts[i] = text
-    return texts
+    lines = read_lines(lambda x: session.run(None, {"input": x})[0], crops, charset, height=height,
+                       max_width=max_width, batch=batch, max_padding=max_padding,
+                       downsample=int((inputs or {}).get("downsample", 4)), norm=norm_of(inputs))
+    return [text for text, _ in lines]
 
 
 def end_to_end_accuracy(detector: Any, recognizer: Any, images: Sequence[np.ndarray],
@@ -60,8 +49,7 @@ def end_to_end_accuracy(detector: Any, recognizer: Any, images: Sequence[np.ndar
         x, scale = detector_input(img, max_side, **norm_of(det_inputs))
         boxes = db_boxes(detector.run(None, {"input": x})[0][0, 0], scale, img.shape[:2], **postprocess)
         crops = [crop_polygon(img, pts) for pts, _ in boxes]
-        texts = (read_crops(recognizer, crops, charset, height, max_width, batch, max_padding, rec_inputs)
-                 if crops else [])
+        texts = read_crops(recognizer, crops, charset, height, max_width, batch, max_padding, rec_inputs)
         dets.append(boxes)
         lines.append([{"points": pts, "text": t} for (pts, _), t in zip(boxes, texts, strict=True)])
     return {"hmean": float(detection_metrics(gts, dets)["hmean"]),

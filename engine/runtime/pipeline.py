@@ -48,6 +48,7 @@ __all__ = [
     "default_bundle_dir",
     "load_image",
     "predict_cli",
+    "read_lines",
 ]
 
 log = logging.getLogger("runtime.pipeline")
@@ -67,6 +68,28 @@ def default_bundle_dir() -> Path | None:
     """The bundle this runtime was shipped in (runtime/ sits at the bundle root), if any."""
     root = Path(__file__).resolve().parent.parent
     return root if (root / "manifest.json").is_file() else None
+
+
+def read_lines(
+    run: Any, crops: Sequence[np.ndarray], charset: str, *, height: int, max_width: int, batch: int,
+    max_padding: float, downsample: int, norm: dict[str, Any],
+) -> list[tuple[str, float]]:
+    """Texts and confidences of ``crops``, in their order: ``run`` (N×3×H×W -> logits) over
+    batches of similar width (``batch_by_width``), greedy CTC limited to each crop's own columns.
+
+    The one recognizer loop: the device pipeline and the host's int8 guard both read with it, so
+    the guard scores batches made as the target makes them.
+    """
+    if not crops:
+        return []
+    widths = recognizer_widths(crops, height, max_width)
+    results: list[tuple[str, float]] = [("", 0.0)] * len(crops)
+    for chunk in batch_by_width(widths, batch, max_padding):
+        logits = run(recognizer_input([crops[i] for i in chunk], height, max_width, **norm))
+        decoded = ctc_greedy_decode(logits, charset, lengths=[widths[i] // downsample for i in chunk])
+        for i, r in zip(chunk, decoded, strict=True):
+            results[i] = r
+    return results
 
 
 # ------------------------------------------------------------------------------ backends
@@ -266,23 +289,13 @@ class OCRPipeline:
 
     def recognize(self, crops: Sequence[np.ndarray]) -> list[tuple[str, float]]:
         """Texts and confidences of ``crops``, in their order; batched by resized width."""
-        if not crops:
-            return []
-        height, max_width = int(self.rec_cfg["height"]), int(self.rec_cfg["max_width"])
-        downsample = int(self.rec_cfg.get("downsample", 4))  # input columns per CTC step
-        widths = recognizer_widths(crops, height, max_width)
-        results: list[tuple[str, float]] = [("", 0.0)] * len(crops)
-        # bundles before max_padding padded every batch to its widest crop
-        chunks = batch_by_width(widths, int(self.rec_cfg.get("batch", 8)),
-                                float(self.rec_cfg.get("max_padding", 1.0)))
-        for chunk in chunks:
-            x = recognizer_input([crops[i] for i in chunk], height, max_width, **norm_of(self.rec_cfg))
-            logits = self.recognizer.run(x)
-            decoded = ctc_greedy_decode(logits, self.charset,
-                                        lengths=[widths[i] // downsample for i in chunk])
-            for i, r in zip(chunk, decoded, strict=True):
-                results[i] = r
-        return results
+        cfg = self.rec_cfg
+        return read_lines(self.recognizer.run, crops, self.charset, height=int(cfg["height"]),
+                          max_width=int(cfg["max_width"]), batch=int(cfg.get("batch", 8)),
+                          # bundles before max_padding padded every batch to its widest crop
+                          max_padding=float(cfg.get("max_padding", 1.0)),
+                          downsample=int(cfg.get("downsample", 4)),  # input columns per CTC step
+                          norm=norm_of(cfg))
 
     def predict(self, image_rgb_uint8: np.ndarray) -> list[dict[str, Any]]:
         """[{"points": [[x, y], ...], "text", "score" (text confidence), "box_score"}] in

@@ -51,6 +51,7 @@ def _int8(ctx: StageContext, work: Path, reduce_range: bool) -> tuple[dict[str, 
     from ..data.manifest import load_image_rgb
 
     rec = ctx.recipe.models.recognizer
+    batching = ctx.target_profile().recognizer  # the guard batches crops as the target does
     pp = ctx.recipe.models.postprocess
     q = ctx.recipe.optimize.quantize
     cal = ctx.recipe.optimize.calibration
@@ -61,7 +62,7 @@ def _int8(ctx: StageContext, work: Path, reduce_range: bool) -> tuple[dict[str, 
         crops=[load_image_rgb(p) for p, _ in crops], crop_texts=[text for _, text in crops],
         charset=ctx.upstream_artifact("export", "charset"), max_side=_side(ctx), rec_height=rec.height,
         rec_max_width=rec.max_width, det_inputs=_inputs(ctx, "detector"), rec_inputs=_inputs(ctx, "recognizer"),
-        rec_batch=ctx.target_profile().recognizer.batch, rec_max_padding=ctx.target_profile().recognizer.max_padding,
+        rec_batch=batching.batch, rec_max_padding=batching.max_padding,
         postprocess={"thresh": pp.thresh, "box_thresh": pp.box_thresh, "unclip_ratio": pp.unclip_ratio,
                      "shrink_ratio": pp.shrink_ratio},
     )

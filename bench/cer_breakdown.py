@@ -140,6 +140,29 @@ def breakdown(pipe: Any, images: list[Any], gts: list[list[Any]]) -> dict[str, A
             "wrong": wrong}
 
 
+def rapid_oracle(images: list[Any], gts: list[list[Any]], threads: int) -> dict[str, Any]:
+    """RapidOCR's recognizer alone (``use_det=False``) on the same ground-truth crops: the peer's
+    oracle, in-process (``pip install rapidocr==3.10.0``; peer.py's worker is for whole images)."""
+    import cv2
+    import numpy as np
+    from rapidocr import RapidOCR
+
+    from engine.runtime.geometry import crop_polygon
+
+    engine = RapidOCR(params={"Global.use_cls": False, "Global.log_level": "warning",
+                              "EngineConfig.onnxruntime.intra_op_num_threads": threads,
+                              "EngineConfig.onnxruntime.inter_op_num_threads": 1})
+    pairs: list[tuple[str, str]] = []
+    for img, lines in zip(images, gts, strict=True):
+        for ln in lines:
+            if ln.ignore:
+                continue
+            crop = crop_polygon(img, np.asarray(ln.points, np.float32))
+            out: Any = engine(cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), use_det=False, use_cls=False, use_rec=True)
+            pairs.append((ln.text, "".join(getattr(out, "txts", None) or ())))
+    return score_lines(pairs, len(pairs))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=ROOT / "runs" / "nameplates" / "build" / "local-cpu",
@@ -150,6 +173,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=424242, help="never a training seed")
     ap.add_argument("--data", type=Path, help="an existing generate_dataset directory (images/, gt/)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rapid", action="store_true",
+                    help="also RapidOCR's recognizer on the same ground-truth crops (needs rapidocr)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cer_breakdown.json")
     args = ap.parse_args()
     if args.count < 1:
@@ -181,6 +206,7 @@ def main() -> int:
         images = [load_image(p) for p in paths]
         results = {p: breakdown(OCRPipeline(bundle, p, threads=args.threads), images, gts)
                    for p in precisions}
+        peer = rapid_oracle(images, gts, args.threads) if args.rapid else None
 
     source = f"seed {args.seed}" if args.data is None else f"from {args.data}"
     print(f"\n{len(paths)} held-out nameplates ({source}), "
@@ -192,6 +218,8 @@ def main() -> int:
         cells = "  ".join(f"{r['kinds'][k]['lines']:4d} ({100 * r['kinds'][k]['cer_share']:.2f})"
                           if k != "missed" else f"{r['kinds'][k]['lines']:13d}" for k in KINDS)
         print(f"{p:10s} {o['line_acc']:10.4f} {o['cer']:10.4f} {e['line_acc']:8.4f} {e['cer']:8.4f}  {cells}")
+    if peer is not None:
+        print(f"{'RapidOCR':10s} {peer['line_acc']:10.4f} {peer['cer']:10.4f}  (its recognizer on the same crops)")
     print("error kinds: lines (their share of the end-to-end CER, in points of CER x 100)")
     print("oracle line accuracy by line height in the image (lines): " + "; ".join(
         f"{p}: " + ", ".join(f"{b['min_px']}-{b['max_px'] if b['max_px'] < 10_000 else ''} px "
@@ -199,7 +227,7 @@ def main() -> int:
                              for b in r["oracle_by_height"] if b["lines"]) for p, r in results.items()))
     report = {"bundle": str(bundle), "images": len(paths),
               "seed": None if args.data else args.seed, "data": str(args.data) if args.data else "generated",
-              "threads": args.threads, "results": results, "seconds": round(time.time() - started, 1)}
+              "threads": args.threads, "results": results, "rapidocr_oracle": peer, "seconds": round(time.time() - started, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, report)
     print(f"wrote {args.out}")

@@ -123,6 +123,21 @@ def test_int8_recognizer_percentile_reduce_range(recognizer_fp32, tmp_path):
     assert (ref.argmax(-1) == got.argmax(-1)).mean() > 0.9
 
 
+def test_histogram_calibration_that_cannot_fit_in_memory_is_refused(recognizer_fp32, tmp_path, monkeypatch):
+    # entropy / percentile hold every activation of every sample: past the machine's memory the
+    # kernel kills the run with no message (the flagship's detector at 512 px: 64 images, 23 GB)
+    import engine.compress.quantize as q
+
+    reader = ImageCalibrationReader.recognizer(CROPS, 32, 160, batch_size=2)
+    monkeypatch.setattr(q, "_physical_memory", lambda: 64 << 20)
+    with pytest.raises(QuantizationError, match=r"percentile calibration keeps the activations of all "
+                                                r"\d+ samples .* calibrate on at most 4 samples"):
+        quantize_static_qdq(recognizer_fp32, tmp_path / "x.onnx", reader, method="percentile")
+    assert not (tmp_path / "x.onnx").exists()
+    report = quantize_static_qdq(recognizer_fp32, tmp_path / "y.onnx", reader)  # minmax folds: fine
+    assert report["method"] == "minmax"
+
+
 def test_bad_method_and_unknown_excluded_node(recognizer_fp32, tmp_path):
     reader = ImageCalibrationReader.recognizer(CROPS, 32, 160)
     with pytest.raises(QuantizationError, match="calibration method"):

@@ -6,13 +6,20 @@ overridden. The rootfs is built by ``.ci/setup.sh`` (``python3 tests/emulated_pi
 about 8 minutes once, then cached outside the repository); without it, or without root /
 mount namespaces / binfmt_misc, every test here skips with one line saying why.
 
-Accuracy, not speed: emulated timings are hundreds of times slower than a Pi and are reported
-only as "emulated". What is asserted is what a Pi user gets: on the Pi, int8 reads within the
-bundle's own bar of fp32 on the same CPU, and the Pi reads (fp32 and int8) what this x86 build
-host read when it verified the bundle. The bundle is built with ``reduce_range`` (as the flagship
-is): without it x86 int8 (AVX2, no VNNI) saturates where the Pi's kernels do not, and the test
-would measure the build host's defect instead of the device (see targets/rpi4.yaml). A bundle
-whose int8 model is broken on purpose must fail the same check.
+The bundle is of the flagship's kind: PP-OCRv6 small detector and recognizer, the recognizer
+fine-tuned to read lines 32 px high, int8 with 7-bit weights. Accuracy, not speed: emulated
+timings are hundreds of times slower than a Pi and are reported only as "emulated". What is
+asserted is what a Pi user gets: on the Pi, int8 reads within the bundle's own bar of fp32 on
+the same CPU, and the Pi reads (fp32 and int8) what this x86 build host read when it verified
+the bundle. The bundle is built with ``reduce_range`` (as the flagship is): without it x86 int8
+(AVX2, no VNNI) saturates where the Pi's kernels do not, and the test would measure the build
+host's defect instead of the device (see targets/rpi4.yaml). A bundle whose int8 model is broken
+on purpose must fail the same check.
+
+Every pass over the val images costs tens of seconds under qemu, so the device runs as few as
+the assertions need: the int8 report is the one the check stage itself got from the Pi (recorded
+on its way through the SSH transport, and checked against what the stage scored), fp32 runs once,
+and the broken bundle reads one image.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import pytest
 from engine.deploy.bundle import bundle_labels, run_local_check
 from engine.deploy.preflight import bundle_arch, preflight
 from engine.deploy.releases import current_release, list_releases, rollback, ship
-from engine.deploy.transport import DeployError, SSHTransport
+from engine.deploy.transport import CommandResult, DeployError, SSHTransport
 from engine.graph import Pipeline
 from engine.recipe import load_recipe
 from engine.targets import load_profiles
@@ -39,24 +46,36 @@ from engine.training.metrics import edit_distance, score_predictions
 
 pytest_plugins = ["sshd"]  # the plain x86 sshd for the "arm64 bundle, x86 host" refusal
 
-# The shipped base weights as they are (`epochs: 0`): a model that reads text, identical on every
-# machine (no training whose float results could differ between build hosts), so accuracy parity
-# is a real comparison (zeros would match). Four 640x480 val images carry ~40 scored lines, so one flipped
-# line moves a metric by ~3 points, not 14. `reduce_range` as in the flagship: 7-bit weights make
-# onnxruntime's int8 kernels compute the same on x86 (AVX2 without VNNI saturates full-range
-# u8 x s8 pairs) and on the Pi's Arm cores, so what verify measured here is what the Pi runs.
+# PP-OCRv6 small as the flagship ships it (detector read at 512 px, recognizer at height 32 with
+# the backbone at 0.05x the lr, 7-bit weights, percentile calibration for the recognizer), at a
+# test's size. The pretrained detector as it is (`epochs: 0`); the recognizer gets 8 steps of
+# fine-tuning because its pretrained weights read lines 48 px high: height 32 is what the flagship
+# ships, and under qemu, where the recognizer dominates the device's time, fp32 at 48 cost 3-4x as
+# much. (With `epochs: 0` the recognizer stays a height-48 model: its export expects 48 px lines
+# and quantizing it on 32 px lines fails.) No quantization-aware fine-tune: int8 read within one
+# line of fp32 without one (x86 one line fewer, the Pi the same; README: An emulated Raspberry
+# Pi), and it would cost the build host about a minute. Training on a CPU may round differently on
+# another build host, which moves the levels asserted below a little but not the parity: the Pi
+# runs the very bundle that x86 verified. Four 640x480 val images carry 46 scored lines, so one
+# flipped line moves a metric by ~2 points. `reduce_range` as in the flagship: with full-range
+# weights x86's int8 detector strays further from fp32 than the Pi's does (max 0.50 vs 0.30; with
+# 7-bit weights both 0.79), and verify would measure the build host's kernels instead of the
+# device's. The CPUs still do not compute int8 bit for bit alike (max |x86 - arm64| 0.21 in the
+# detector's map, 0.20 in the recognizer's logits; README: An emulated Raspberry Pi), so the Pi is
+# held to what x86 read by the readings.
 RECIPE = """\
 name: emulated-pi
 dataset:
-  synthetic: {count: 8, val_count: 4, seed: 11}
+  synthetic: {count: 48, val_count: 4, seed: 11}
 models:
-  detector: {arch: dbnet, backbone: mobilenetv3, input_size: 640, init: base}
-  recognizer: {arch: crnn, sequence: conv, max_width: 320, init: base}
+  detector: {arch: ppocrv6, input_size: 512, init: base}
+  recognizer: {arch: ppocrv6, height: 32, max_width: 320, init: base}
 train:
-  epochs: 0
+  detector: {epochs: 0}
+  recognizer: {epochs: 1, steps_per_epoch: 8, batch_size: 16, lr: 5.0e-4, backbone_lr: 0.05}
 optimize:
   quantize: {reduce_range: true}
-  calibration: {samples: 8}
+  calibration: {samples: 8, recognizer: {method: percentile, percentile: 99.99, samples: 16}}
 targets: [rpi4]
 verify:
   max_drop: 0.06
@@ -64,7 +83,7 @@ verify:
 """
 # Detection hmean and end-to-end line accuracy on the same images, arm64 vs x86, fp32: the
 # float kernels differ only in summation order, so the predictions should be the same up to
-# borderline pixels and CTC near-ties; more than two of the ~35 lines is a finding.
+# borderline pixels and CTC near-ties; more than two of the ~46 lines is a finding.
 TOLERANCE = 0.06
 # The lines read by fp32 on both CPUs: at most this many character edits per character.
 TEXT_TOLERANCE = 0.1
@@ -72,6 +91,9 @@ TEXT_TOLERANCE = 0.1
 MIN_SCORED_LINES = 30
 # int8 on the Pi against fp32 on the Pi: the bundle's own bar (the recipe's verify.max_drop).
 INT8_MAX_DROP = 0.06
+# Images the deliberately broken int8 bundle reads on the Pi: one plate's lines are enough to
+# show the drop (the broken recognizer reads none of them), and each image costs tens of seconds.
+BROKEN_IMAGES = 1
 
 
 def _unavailable() -> str | None:
@@ -102,14 +124,35 @@ def _transport(pi: epi.EmulatedPi) -> SSHTransport:
 
 
 @pytest.fixture(scope="module")
-def shipped(pi: epi.EmulatedPi, tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
-    """The whole recipe for the rpi4 target: build, verify on x86, ship + check on the Pi."""
+def check_reports() -> list[dict[str, Any]]:
+    """The ``runtime.check`` reports the pipeline's check stage got from the Pi (``shipped`` fills it)."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def shipped(pi: epi.EmulatedPi, tmp_path_factory: pytest.TempPathFactory,
+            check_reports: list[dict[str, Any]]) -> Pipeline:
+    """The whole recipe for the rpi4 target: build, verify on x86, ship + check on the Pi.
+
+    The SSH transport's ``run`` is wrapped, not changed: it keeps a copy of every
+    ``runtime.check`` report that comes back from the Pi, so the check stage's own int8 run is
+    the one the tests compare (another int8 pass would cost minutes under qemu)."""
     tmp = tmp_path_factory.mktemp("recipe")
     (tmp / "recipe.yaml").write_text(RECIPE)
     deploy = (f"deploy.rpi4={{hosts: [{pi.alias}], ssh_config: {pi.ssh_config}, "
               f"known_hosts: {pi.known_hosts}}}")
     pipeline = Pipeline(load_recipe(tmp / "recipe.yaml", [f"workdir={tmp / 'runs'}", deploy]))
-    report = pipeline.run()
+    run = SSHTransport.run
+
+    def recording_run(self: SSHTransport, command: str, **kwargs: Any) -> CommandResult:
+        result = run(self, command, **kwargs)
+        if "-m runtime.check" in command and result.ok:
+            check_reports.append(dict(json.loads(result.stdout)))
+        return result
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SSHTransport, "run", recording_run)
+        report = pipeline.run()
     assert report.ok, report.failed
     return pipeline
 
@@ -138,13 +181,18 @@ def _texts(report: dict[str, Any]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def device_reports(pi: epi.EmulatedPi, shipped: Pipeline) -> dict[str, dict[str, Any]]:
-    """fp32 and int8 of the shipped bundle, on the Pi and through the same runtime on x86."""
+def device_reports(pi: epi.EmulatedPi, shipped: Pipeline,
+                   check_reports: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """fp32 and int8 of the shipped bundle, on the Pi and through the same runtime on x86.
+
+    int8 on the Pi is the check stage's run (the bundle's active precision, every val image)."""
     samples = shipped.loaded.recipe.verify.samples
+    assert samples, "the recipe names how many val images verify and check read"
     verified = shipped.run_dir / "verify" / "rpi4" / "bundle"
+    assert len(check_reports) == 1, [r.get("precision") for r in check_reports]
     return {
         "arm64-fp32": _device_check(pi, "fp32", samples),
-        "arm64-int8": _device_check(pi, "int8", samples),
+        "arm64-int8": check_reports[0],
         "x86-fp32": run_local_check(verified, "fp32", samples),
         "x86-int8": run_local_check(verified, "int8", samples),
     }
@@ -162,7 +210,13 @@ def test_rpi4_bundle_reads_text_on_arm64_like_on_x86(
     labels = bundle_labels(verified)
     assert _scored_lines(labels) >= MIN_SCORED_LINES, _scored_lines(labels)
     scores = {name: score_predictions(r, labels) for name, r in device_reports.items()}
-    assert device_reports["arm64-fp32"]["versions"]["machine"] == "aarch64"
+    for p in ("fp32", "int8"):
+        assert device_reports[f"arm64-{p}"]["versions"]["machine"] == "aarch64"
+        assert device_reports[f"arm64-{p}"]["precision"] == p
+        assert len(device_reports[f"arm64-{p}"]["predictions"]) == len(labels)
+    # the recorded int8 report is the one the check stage scored and held to the bars
+    assert all(scores["arm64-int8"][k] == device[k] for k in ("hmean", "e2e_line_accuracy")), (
+        scores["arm64-int8"], device)
     print(f"\nemulated Pi (qemu, timings are emulated, NOT a Pi's): onnxruntime "
           f"{device_reports['arm64-fp32']['versions']['onnxruntime']}, {_scored_lines(labels)} lines")
     for p in ("fp32", "int8"):
@@ -175,7 +229,7 @@ def test_rpi4_bundle_reads_text_on_arm64_like_on_x86(
         "the model must read something for parity to mean anything", x86_fp32)
     # The same text on both CPUs, fp32 and int8 alike, up to float summation order (1e-5 in the
     # outputs moves borderline pixels of the probability map and CTC near-ties; int8 QDQ keeps
-    # float ops between its integer convolutions, so it is not bit-exact either).
+    # float ops between its integer convolutions, so it is not bit-exact either: see above).
     for p in ("fp32", "int8"):
         _assert_same_reading(device_reports[f"x86-{p}"], device_reports[f"arm64-{p}"],
                              scores[f"x86-{p}"], scores[f"arm64-{p}"], p)
@@ -229,15 +283,18 @@ def test_a_pi_that_reads_worse_fails_the_parity_check(
     meta = {k: v for k, v in json.loads((broken / "manifest.json").read_text()).items()
             if k not in ("format", "files", "bundle_hash")}
     finalize_bundle(broken, {**meta, "note": f"int8 recognizer broken: {layer} scales zeroed"})
-    samples = shipped.loaded.recipe.verify.samples
     with _transport(pi) as t:
         good = current_release(t)
         ship(t, broken, keep=3, python="python3")
         try:
-            bad_report = _device_check(pi, "int8", samples)
+            bad_report = _device_check(pi, "int8", BROKEN_IMAGES)
         finally:
             assert rollback(t, python="python3") == good
-    fp32 = score_predictions(device_reports["arm64-fp32"], labels)
+    # fp32 on the Pi, on the same images
+    read = [item["image"] for item in bad_report["predictions"]]
+    assert len(read) == BROKEN_IMAGES and sum(_scored_lines({i: labels[i]}) for i in read) > 0, read
+    same = [item for item in device_reports["arm64-fp32"]["predictions"] if item["image"] in read]
+    fp32 = score_predictions({**device_reports["arm64-fp32"], "predictions": same}, labels)
     worse = score_predictions(bad_report, labels)
     print(f"\n  broken int8 on the Pi: e2e {worse['e2e_line_accuracy']:.3f} (fp32 {fp32['e2e_line_accuracy']:.3f})")
     with pytest.raises(AssertionError, match="int8 vs fp32 on the Pi"):
@@ -305,15 +362,19 @@ def test_reduce_range_measurement(pi: epi.EmulatedPi, shipped: Pipeline) -> None
     """The measurement behind the profiles' ``reduce_range``: int8 vs fp32 on x86 and arm64.
 
     ``python3 -m pytest -q -m slow tests/test_emulated_pi.py -k reduce_range -s`` prints the
-    table quoted in targets/rpi4.yaml (about 10 minutes under qemu on a busy 2-core machine).
+    table for this module's PP-OCRv6 models, quoted in the README (targets/rpi4.yaml quotes the
+    one measured on the from-scratch models); about 7 minutes under qemu on a busy 2-core machine.
     """
     import cv2
     import numpy as np
 
     from engine.compress.quantize import ImageCalibrationReader, quantize_static_qdq
-    from engine.runtime.preprocess import detector_input, recognizer_input
+    from engine.runtime.preprocess import detector_input, norm_of, recognizer_input
 
     run = shipped.run_dir
+    # the models' input conventions and sizes as the bundle declares them
+    manifest = json.loads((run / "verify" / "rpi4" / "bundle" / "manifest.json").read_text())
+    det, rec = manifest["detector"], manifest["recognizer"]
     work = pi.root / "tmp" / "reduce-range"
     work.mkdir(parents=True)
     records = [json.loads(x) for x in (run / "data" / "manifest.jsonl").read_text().splitlines()]
@@ -326,14 +387,16 @@ def test_reduce_range_measurement(pi: epi.EmulatedPi, shipped: Pipeline) -> None
         shutil.copy(run / "export" / f"{model}.onnx", work / f"{model}.fp32.onnx")
         names.append(f"{model}.fp32")
         for rr in (False, True):
-            reader = (ImageCalibrationReader.detector(train, 640, 4) if model == "detector" else
-                      ImageCalibrationReader.recognizer(crops["train"], 32, 160, samples=16, batch_size=8))
+            reader = (ImageCalibrationReader.detector(train, det["max_side"], 4, inputs=det)
+                      if model == "detector" else
+                      ImageCalibrationReader.recognizer(crops["train"], rec["height"], rec["max_width"],
+                                                        samples=16, batch_size=8, inputs=rec))
             quantize_static_qdq(work / f"{model}.fp32.onnx", work / f"{model}.rr{int(rr)}.onnx", reader,
                                 "minmax", True, rr)
             names.append(f"{model}.rr{int(rr)}")
-    rgb = [cv2.cvtColor(cv2.imread(p), cv2.COLOR_BGR2RGB) for p in (val[0], *crops["val"][:8])]
-    np.savez(work / "inputs.npz", detector=detector_input(rgb[0], 640)[0],
-             recognizer=recognizer_input(rgb[1:], 32, 160))
+    rgb = [cv2.cvtColor(np.asarray(cv2.imread(p)), cv2.COLOR_BGR2RGB) for p in (val[0], *crops["val"][:8])]
+    np.savez(work / "inputs.npz", detector=detector_input(rgb[0], det["max_side"], **norm_of(det))[0],
+             recognizer=recognizer_input(rgb[1:], rec["height"], rec["max_width"], **norm_of(rec)))
     (work / "run.py").write_text(_RUN_MODELS)
     here = {}
     for name in names:
@@ -344,15 +407,18 @@ def test_reduce_range_measurement(pi: epi.EmulatedPi, shipped: Pipeline) -> None
     res = pi.run(f"python3 /tmp/reduce-range/run.py /tmp/reduce-range {' '.join(names)}")
     assert res.returncode == 0, res.stderr[-2000:]
     arm = dict(np.load(work / "out.npz"))
-    print("\n| model | reduce_range | int8 vs fp32 x86 (max / mean) | arm64 (max / mean) | x86 vs arm64 int8 |")
+    print("\n| model | reduce_range | int8 vs fp32 x86 (max / mean) | arm64 (max / mean) | "
+          "int8 x86 vs arm64 (max / mean) |")
     for model in ("detector", "recognizer"):
-        for rr in (0, 1):
-            k, f = f"{model}.rr{rr}", f"{model}.fp32"
-            ex, ea = np.abs(here[k] - here[f]), np.abs(arm[k] - arm[f])
-            cross = float(np.abs(here[k] - arm[k]).max())
-            print(f"| {model} | {bool(rr)} | {ex.max():.3g} / {ex.mean():.2g} | {ea.max():.3g} / "
-                  f"{ea.mean():.2g} | {cross:.3g} |")
-            assert np.abs(here[f] - arm[f]).max() < 1e-3  # fp32 agrees across CPUs
-            if rr == int(load_profiles()["rpi4"].reduce_range):
-                # the profile's choice: what verify measured on x86 is what the Pi runs
-                assert cross <= 1e-5, (k, cross)
+        f = f"{model}.fp32"
+        for narrow in (False, True):
+            k = f"{model}.rr{int(narrow)}"
+            ex, ea, cross = np.abs(here[k] - here[f]), np.abs(arm[k] - arm[f]), np.abs(here[k] - arm[k])
+            print(f"| {model} | {narrow} | {ex.max():.3g} / {ex.mean():.2g} | {ea.max():.3g} / "
+                  f"{ea.mean():.2g} | {cross.max():.3g} / {cross.mean():.2g} |")
+        fp32_cross = float(np.abs(here[f] - arm[f]).max())
+        print(f"| {model} | fp32 x86 vs arm64 | | | {fp32_cross:.3g} |")
+        assert fp32_cross < 1e-3, (f, fp32_cross)  # fp32 agrees across CPUs
+    # No bit-identity assertion on int8: the from-scratch models computed the same int8 on both
+    # CPUs with and without reduce_range, PP-OCRv6 does not with either (README: An emulated
+    # Raspberry Pi), so the Pi is held to what x86 read by the readings (the tests above).

@@ -220,6 +220,20 @@ def training_seeds() -> set[int]:
     return seeds
 
 
+def heldout_images(tmp: Path, data: Path | None, count: int, seed: int) -> list[Path]:
+    """The first ``count`` images of ``data`` (``images/`` + ``gt/``), or of ``count`` plates
+    generated from ``seed`` under ``tmp`` when no directory is given."""
+    from engine.data.synth import generate_dataset
+
+    root = data or tmp / "heldout"
+    if data is None:
+        generate_dataset(root, count=count, seed=seed, workers=1)
+    images = sorted((root / "images").glob("*.jpg"))[:count]
+    if not images:
+        raise SystemExit(f"{root / 'images'}: no .jpg images")
+    return images
+
+
 def resolve_bundle(path: Path) -> Path:
     """The bundle directory: PATH itself, or PATH/bundle (a build:TARGET stage directory)."""
     for cand in (path, path / "bundle"):
@@ -316,7 +330,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     import cv2
 
-    from engine.data.synth import generate_dataset, read_icdar_gt
+    from engine.data.synth import read_icdar_gt
     from engine.fsutil import atomic_write_json
     from engine.runtime.pipeline import OCRPipeline, load_image
 
@@ -333,13 +347,8 @@ def main() -> int:
 
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="peer-bench-") as tmp:
-        data = args.data or Path(tmp) / "heldout"
-        if args.data is None:
-            generate_dataset(data, count=args.count, seed=args.seed, workers=1)
-        images = sorted((data / "images").glob("*.jpg"))[: args.count]
-        if not images:
-            raise SystemExit(f"{data / 'images'}: no .jpg images")
-        gts = [read_icdar_gt(data / "gt" / f"gt_{p.stem}.txt") for p in images]
+        images = heldout_images(Path(tmp), args.data, args.count, args.seed)
+        gts = [read_icdar_gt(p.parent.parent / "gt" / f"gt_{p.stem}.txt") for p in images]
         decoded = [load_image(p) for p in images]
 
         for k in range(min(args.warmup, len(images))):

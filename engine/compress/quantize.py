@@ -312,6 +312,11 @@ RANKING_FEEDS = 4  # calibration batches the exclusion ranking measures activati
 HISTOGRAM_MEMORY_SHARE = 0.75
 
 
+def _activation_bytes(hw: Sequence[int] | None, samples: int = 1) -> int:
+    """What onnxruntime's calibrators hold for ``samples`` inputs of 3×H×W (0 when unknown)."""
+    return samples * 3 * hw[0] * hw[1] * 4 * ACTIVATION_BYTES_PER_INPUT_BYTE if hw else 0
+
+
 def _physical_memory() -> int | None:
     try:
         return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
@@ -332,7 +337,7 @@ def _check_histogram_memory(reader: CalibrationDataReader, method: str) -> None:
     if not hw or not hasattr(reader, "__len__"):
         return
     samples = len(reader) * int(getattr(reader, "batch_size", 1))
-    per_sample = 3 * hw[0] * hw[1] * 4 * ACTIVATION_BYTES_PER_INPUT_BYTE
+    per_sample = _activation_bytes(hw)
     have = _physical_memory()
     if not have or samples * per_sample <= HISTOGRAM_MEMORY_SHARE * have:
         return
@@ -356,7 +361,7 @@ def _minmax_stride(reader: CalibrationDataReader, most: int = 8) -> int | None:
     n = len(reader)
     hw = getattr(reader, "fixed_hw", None)
     batch = int(getattr(reader, "batch_size", 1))
-    per_batch = (batch * 3 * hw[0] * hw[1] * 4 * ACTIVATION_BYTES_PER_INPUT_BYTE) if hw else 0
+    per_batch = _activation_bytes(hw, batch)
     fits = max(1, CALIBRATION_MEMORY_BUDGET // per_batch) if per_batch else most
     if n <= min(most, fits):
         return None
@@ -398,6 +403,8 @@ def quantize_static_qdq(
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     if not fp32_path.is_file():
         raise QuantizationError(f"{fp32_path}: fp32 model not found")
+    if key in ("entropy", "percentile") and not (calibration_cache and Path(calibration_cache).is_file()):
+        _check_histogram_memory(calibration_reader, key)
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix=".quant.", dir=out_path.parent if out_path.parent.exists()
                                  else None))
@@ -416,8 +423,6 @@ def quantize_static_qdq(
             )
         _rewind(calibration_reader)
         histogram = key in ("entropy", "percentile")
-        if histogram and not (calibration_cache and Path(calibration_cache).is_file()):
-            _check_histogram_memory(calibration_reader, key)
         if histogram and isinstance(calibration_reader, ImageCalibrationReader):
             calibration_reader.pad_to_fixed = True
         extra: dict[str, Any] = {"ActivationSymmetric": False, "WeightSymmetric": True}

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from peer import heldout_images, resolve_bundle, training_seeds  # noqa: E402
+from peer import heldout_images, rapid_params, resolve_bundle, training_seeds  # noqa: E402
 
 KINDS = ("merged", "cut", "trailing", "misread", "missed")
 HEIGHTS = (0, 14, 18, 24, 10_000)  # line-height buckets (pixels in the image) of the oracle table
@@ -149,9 +149,7 @@ def rapid_oracle(images: list[Any], gts: list[list[Any]], threads: int) -> dict[
 
     from engine.runtime.geometry import crop_polygon
 
-    engine = RapidOCR(params={"Global.use_cls": False, "Global.log_level": "warning",
-                              "EngineConfig.onnxruntime.intra_op_num_threads": threads,
-                              "EngineConfig.onnxruntime.inter_op_num_threads": 1})
+    engine = RapidOCR(params=rapid_params(threads))
     pairs: list[tuple[str, str]] = []
     for img, lines in zip(images, gts, strict=True):
         for ln in lines:

@@ -77,6 +77,17 @@ LATENCY_GOAL = 0.35  # project median latency <= this x RapidOCR's
 # ------------------------------------------------------------------------------ RapidOCR worker
 
 
+def rapid_params(threads: int) -> dict[str, Any]:
+    """RapidOCR's settings for every bench: its defaults, the direction classifier off (plates are
+    upright), ``threads`` intra-op threads and one inter-op thread, like the project's side."""
+    return {
+        "Global.use_cls": False,
+        "Global.log_level": "warning",
+        "EngineConfig.onnxruntime.intra_op_num_threads": threads,
+        "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+    }
+
+
 def rapid_worker(threads: int) -> int:
     """JSON lines on stdin/stdout: {"image": PATH} -> {"lines": [...], "ms": float}.
 
@@ -102,12 +113,7 @@ def rapid_worker(threads: int) -> int:
         say({"error": f"{type(exc).__name__}: {exc}", "missing": True})
         return 3
     cv2.setNumThreads(threads)
-    engine = RapidOCR(params={
-        "Global.use_cls": False,
-        "Global.log_level": "warning",
-        "EngineConfig.onnxruntime.intra_op_num_threads": threads,
-        "EngineConfig.onnxruntime.inter_op_num_threads": 1,
-    })
+    engine = RapidOCR(params=rapid_params(threads))
     cfg = engine.cfg
     version = getattr(rapidocr, "__version__", None)
     if version is None:

@@ -96,3 +96,24 @@ def test_the_jetson_nano_gets_models_its_tensorrt_parses(finished: Pipeline) -> 
     assert plan["shapes"]["max"][2] == 48 and plan["shapes"]["max"][3] == 640
     # the opset 17 export is what the CPU targets got: TensorRT 8.2 would refuse it
     assert check_onnx_ops(Path(finished.run_dir, "export", "recognizer.onnx"), "8.2")
+
+
+def test_epochs_zero_reads_at_the_recipes_line_height(finished: Pipeline, tmp_path: Path) -> None:
+    """`epochs: 0` with `height: 32`: the pretrained 48-px weights ship as a 32-px model (the
+    pool follows the height), not as a 48-px model behind a manifest that says 32."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from engine.data.charset import expand_charset
+    from engine.recipe import load_recipe
+
+    loaded = load_recipe(finished.loaded.path, [f"workdir={tmp_path}", "train.epochs=0",
+                                                "models.recognizer.height=32", "optimize.prune.amount=0"])
+    pipeline = Pipeline(loaded)
+    report = pipeline.run(only=["export"])
+    assert report.ok, report.failed
+    result = json.loads((pipeline.run_dir / "train" / "recognizer" / "result.json").read_text())
+    assert any("read at 32 px untrained" in note for note in result["notes"]), result["notes"]
+    session = ort.InferenceSession(str(pipeline.run_dir / "export" / "recognizer.onnx"))
+    logits = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 3, 32, 320), np.float32)})[0]
+    assert logits.shape == (1, 40, len(expand_charset(CHARSET)) + 1)

@@ -17,8 +17,9 @@ from .contract import StageContext, StageFailed, StageResult
 from .inputs import resume_or_start, task_spec, train_config
 
 #: checkpoint meta that are inference settings, not weights: with ``epochs: 0`` they come from
-#: the recipe (a zero-shot pretrained model read at the recipe's size and width)
-_SETTINGS = ("input_size", "train_size", "postprocess", "max_width")
+#: the recipe (a zero-shot pretrained model read at the recipe's size, width and line height; the
+#: PP-OCRv6 recognizer's weights fit any height that is a multiple of 16, only its pool changes)
+_SETTINGS = ("input_size", "train_size", "postprocess", "max_width", "height")
 
 
 def resolve_init(ctx: StageContext, model: str) -> str | None:
@@ -125,7 +126,11 @@ def _init_as_result(ctx: StageContext, model: str, init: str | None, notes: list
         raise StageFailed(f"{init}: no model metadata (arch, charset): train at least one epoch")
     final = ctx.out_dir / "checkpoints" / "best.pt"
     final.parent.mkdir(parents=True, exist_ok=True)
-    meta = {**(ckpt.get("meta") or {}), **{k: task_kwargs[k] for k in _SETTINGS if k in task_kwargs}}
+    before = ckpt.get("meta") or {}
+    meta = {**before, **{k: task_kwargs[k] for k in _SETTINGS if k in task_kwargs}}
+    if "height" in before and meta["height"] != before["height"]:
+        notes = [*notes, f"{Path(init).name} was trained on {before['height']}-px lines and is read at "
+                         f"{meta['height']} px untrained: expect it to read worse than at {before['height']}"]
     save_checkpoint(final, {"model": ckpt["model"], "meta": meta})
     return StageResult(
         outputs=[final],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -121,6 +122,31 @@ def test_int8_recognizer_percentile_reduce_range(recognizer_fp32, tmp_path):
     scale = np.abs(ref).max()
     assert np.abs(ref - got).max() < 0.1 * scale
     assert (ref.argmax(-1) == got.argmax(-1)).mean() > 0.9
+
+
+def test_compute_operators_leave_the_rest_in_float(detector_fp32, tmp_path):
+    """operators="compute": onnxruntime quantizes only the conv (matmul, gemm) nodes, the layers
+    QAT simulates; the activations between them (here the hard-sigmoid gates) stay float, where
+    "all" rounds them too."""
+    feeds = [detector_input(cv2.imread(str(PHOTOS[0]))[:, :, ::-1], 128)[0]]
+
+    def rounded_by(operators: str) -> Counter[str]:
+        """The op types whose outputs get rounded (feed a QuantizeLinear)."""
+        out = tmp_path / f"{operators}.onnx"
+        report = quantize_static_qdq(detector_fp32, out, ImageCalibrationReader.detector(PHOTOS[:2], 128),
+                                     operators=operators)
+        assert report["operators"] == operators
+        graph = onnx.load(str(out)).graph
+        producer = {o: n.op_type for n in graph.node for o in n.output}
+        return Counter(producer.get(n.input[0], "input") for n in graph.node if n.op_type == "QuantizeLinear")
+
+    compute, every = rounded_by("compute"), rounded_by("all")
+    assert compute["Conv"] and sum(compute.values()) < sum(every.values())
+    assert every["HardSigmoid"] and not compute["HardSigmoid"]
+    assert np.abs(_run(tmp_path / "compute.onnx", feeds)[0] - _run(detector_fp32, feeds)[0]).max() < 0.1
+    with pytest.raises(QuantizationError, match="known: all, compute"):
+        quantize_static_qdq(detector_fp32, tmp_path / "x.onnx", ImageCalibrationReader.detector(PHOTOS[:1], 128),
+                            operators="every")
 
 
 def test_histogram_calibration_that_cannot_fit_in_memory_is_refused(recognizer_fp32, tmp_path, monkeypatch):

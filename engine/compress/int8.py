@@ -73,6 +73,7 @@ class Int8Settings:
     reduce_range: bool
     exclude: Sequence[str]
     max_drop: float
+    operators: dict[str, str]  # model -> quantize.OPERATOR_SETS entry
 
 
 def guard_metric(model_name: str, data: GuardData, fp32_recognizer: Path) -> Callable[..., float]:
@@ -143,7 +144,9 @@ def quantize_pair(fp32: dict[str, Path], train_images: list[str], train_crops: l
 
     for model_name, reader in readers.items():
         source = fp32[model_name]
-        cache = _calibration_cache(cache_root, model_name, source, reader, how_of[model_name], inputs_id, log)
+        operators = settings.operators[model_name]
+        cache = _calibration_cache(cache_root, model_name, source, reader,
+                                   {**how_of[model_name], "operators": operators}, inputs_id, log)
         final = int8_path(model_name, ())
         partner = paths.get("recognizer") if model_name == "detector" else None
         shared = _int8_cache(cache_root, model_name, cache, settings, data, inputs_id, partner)
@@ -153,13 +156,13 @@ def quantize_pair(fp32: dict[str, Path], train_images: list[str], train_crops: l
             continue
 
         def build(exclude: Any, source: Path = source, model_name: str = model_name, reader: Any = reader,
-                  cache: Path = cache) -> Path:
+                  cache: Path = cache, operators: str = operators) -> Path:
             out = int8_path(model_name, exclude)
             how = how_of[model_name]
             options = {"CalibPercentile": how["percentile"]} if how["method"] == "percentile" else None
             quantize_static_qdq(source, out, reader, how["method"], settings.per_channel, settings.reduce_range,
                                 nodes_to_exclude=[*settings.exclude, *exclude], calib_options=options,
-                                calibration_cache=cache)
+                                calibration_cache=cache, operators=operators)
             return out
 
         metric = guard_metric(model_name, data, fp32["recognizer"])
@@ -174,7 +177,7 @@ def quantize_pair(fp32: dict[str, Path], train_images: list[str], train_crops: l
             chosen.replace(final)
         for stale in out_dir.glob(f"{model_name}.x*.onnx"):
             stale.unlink()
-        reports[model_name] = {**guard.to_dict(), "calibration": how_of[model_name],
+        reports[model_name] = {**guard.to_dict(), "calibration": how_of[model_name], "operators": operators,
                                **({"read_by": "int8 recognizer"} if partner else {})}
         if not guard.met:
             log.warning("int8 %s: drop still above max_drop after %d exclusions", model_name, len(guard.excluded))
@@ -190,6 +193,7 @@ def _int8_cache(cache_root: Path, model_name: str, calibration: Path, settings: 
     size, the exports it reads with and the int8 ``partner`` model, post-processing)."""
     key = stable_hash({
         "calibration": calibration.name, "reduce_range": settings.reduce_range,
+        "operators": settings.operators[model_name],
         "per_channel": settings.per_channel, "exclude": list(settings.exclude), "max_drop": settings.max_drop,
         "guard": data.settings(), "inputs": inputs_id, "partner": sha256_file(partner) if partner else None,
     })

@@ -337,7 +337,17 @@ class QuantizeSpec(Strict):
     reduce_range: bool | None = Field(None, description="null: the target profile decides")
     max_drop: float = Field(0.01, ge=0, le=1, description="int8 accuracy drop that triggers exclusions")
     exclude: list[str] = Field([], description="node names kept in float")
+    operators: Literal["auto", "all", "compute"] = Field(
+        "auto", description="operators given int8: compute (conv, matmul, gemm: what `qat` "
+        "simulates), all (every one onnxruntime quantizes: residual adds and products too, faster, "
+        "rounding QAT never saw), auto (compute for the models in `qat.models`, all for the others)")
     qat: QatSpec = QatSpec()
+
+    def operators_for(self, model: str) -> str:
+        """The operator set (engine.compress.quantize.OPERATOR_SETS) ``model`` is quantized with."""
+        if self.operators != "auto":
+            return self.operators
+        return "compute" if model in self.qat.models else "all"
 
 
 class OptimizeSpec(Strict):

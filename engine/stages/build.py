@@ -68,7 +68,8 @@ def _int8(ctx: StageContext, work: Path, reduce_range: bool) -> tuple[dict[str, 
     )
     settings = Int8Settings(calibration={m: cal.for_model(m) for m in ("detector", "recognizer")},
                             per_channel=q.per_channel, reduce_range=reduce_range, exclude=list(q.exclude),
-                            max_drop=q.max_drop)
+                            max_drop=q.max_drop,
+                            operators={m: q.operators_for(m) for m in ("detector", "recognizer")})
     fp32 = {m: Path(ctx.upstream_artifact("export", f"{m}_onnx")) for m in ("detector", "recognizer")}
     inputs_id = {stage: (ctx.upstream.get(stage) or {}).get("outputs") for stage in ("data", "export")}
     try:

@@ -1,7 +1,7 @@
 """A finished run's bundle, every precision and every detector/recognizer pairing, scored end to
 end on never-seen generated plates: what verify measures, on a set large enough to resolve it.
 
-    python bench/verify_fresh.py --run runs/nameplates --target local-cpu --fresh 100
+    python bench/verify_fresh.py --run runs/nameplates --target local-cpu --stage build --fresh 100
 
 The engine's verify scores the bundle on the run's val images (40 for the flagship: one line
 is 0.23 point of end-to-end accuracy there); this scores the same ONNX files, through the same
@@ -38,12 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, default=ROOT / "runs" / "nameplates")
     ap.add_argument("--target", default="local-cpu")
+    ap.add_argument("--stage", choices=("verify", "build"), default="verify",
+                    help="the verified bundle (only the precision verify chose, with candidates: chosen) "
+                         "or the built one (every candidate precision)")
     ap.add_argument("--fresh", type=int, default=100, help="never-seen plates per split (x2)")
     ap.add_argument("--fresh-seed", type=int, default=424242, help="never used for training")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "verify_fresh.json")
     args = ap.parse_args(argv)
 
-    bundle = args.run / "verify" / args.target / "bundle"
+    bundle = args.run / args.stage / args.target / "bundle"
     manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
     precisions = sorted(p.name for p in (bundle / "models").iterdir() if (p / "detector.onnx").exists())
     det, rec = manifest["detector"], manifest["recognizer"]

@@ -169,6 +169,14 @@ def test_init_reuses_weights_and_reports_shape_mismatch(tmp_path: Path) -> None:
     assert torch.allclose(task.model[0].weight, src.model[0].weight, atol=1e-6)
 
 
+def test_steps_per_epoch_beyond_one_pass_is_said(tmp_path: Path) -> None:
+    """An epoch is at most one pass: a larger steps_per_epoch runs fewer steps, and the log says so."""
+    result = fit(toy.ToyTask(), _cfg(tmp_path, epochs=1, limit_train_batches=10_000))
+    log = (tmp_path / "train.log").read_text()
+    assert f"an epoch runs {result.step} steps (raise epochs for more)" in log
+    assert 0 < result.step < 10_000
+
+
 def test_tty_progress_and_errors(tmp_path: Path) -> None:
     fit(toy.ToyTask(), _cfg(tmp_path / "tty", epochs=1, tty=True))
     assert (tmp_path / "tty" / "checkpoints" / "last.pt").exists()

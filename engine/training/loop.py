@@ -244,6 +244,10 @@ def _fit(
         raise TrainingError(
             f"{cfg.name}: {n_samples} samples give no batch of {cfg.batch_size} (drop_last)"
         )
+    if cfg.limit_train_batches and iters < int(cfg.limit_train_batches):
+        logger.info(f"{cfg.name}: steps_per_epoch {cfg.limit_train_batches} is more than one pass over "
+                    f"{n_samples} samples in batches of {cfg.batch_size}: an epoch runs {iters} steps "
+                    f"(raise epochs for more)")
 
     # ----- resume or init -------------------------------------------------------------------
     ckpt, problems = manager.find_resume() if cfg.resume else (None, [])

@@ -207,6 +207,17 @@ def test_epochs_zero_uses_init_as_it_is(tmp_path: Path) -> None:
     assert (pipeline.run_dir / "evaluate" / "metrics.json").exists()
 
 
+def test_epochs_zero_at_a_height_the_weights_do_not_fit_names_both(finished, tmp_path: Path) -> None:
+    """A 32-px CRNN (its last conv collapses 32 px) cannot ship untrained as a 48-px model."""
+    trained = finished.run_dir / "train" / "recognizer" / "checkpoints" / "best.pt"
+    loaded = load_recipe(finished.loaded.path, [f"workdir={tmp_path}", "train.epochs=0",
+                                                f"models.recognizer.init={trained}", "models.recognizer.height=48"])
+    report = Pipeline(loaded).run(only=["train:recognizer"])
+    message = report.failed["train:recognizer"]
+    assert "models.recognizer.height 48: best.pt was trained on 32-px lines" in message, message
+    assert "set models.recognizer.height: 32" in message
+
+
 def test_epochs_zero_without_init_is_a_recipe_error(tmp_path: Path) -> None:
     from engine.config import ConfigError
 

@@ -128,13 +128,30 @@ def _init_as_result(ctx: StageContext, model: str, init: str | None, notes: list
     final.parent.mkdir(parents=True, exist_ok=True)
     before = ckpt.get("meta") or {}
     meta = {**before, **{k: task_kwargs[k] for k in _SETTINGS if k in task_kwargs}}
+    save_checkpoint(final, {"model": ckpt["model"], "meta": meta})
     if "height" in before and meta["height"] != before["height"]:
+        _check_height_fits(final, Path(init).name, before["height"], meta["height"])
         notes = [*notes, f"{Path(init).name} was trained on {before['height']}-px lines and is read at "
                          f"{meta['height']} px untrained: expect it to read worse than at {before['height']}"]
-    save_checkpoint(final, {"model": ckpt["model"], "meta": meta})
     return StageResult(
         outputs=[final],
         metrics={"epochs": 0, "steps": 0, "init": Path(init).name},
         artifacts={f"{model}_checkpoint": str(final)},
         notes=[*notes, f"epochs 0: {Path(init).name} used as it is"],
     )
+
+
+def _check_height_fits(final: Path, init_name: str, trained: int, wanted: int) -> None:
+    """A recognizer whose weights depend on the line height (CRNN's height-collapsing conv)
+    cannot be read at another height untrained; PP-OCRv6's can (only its pool changes)."""
+    from ..training.tasks import model_from_checkpoint
+
+    try:
+        model_from_checkpoint(final)
+    except RuntimeError as exc:
+        final.unlink(missing_ok=True)
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise StageFailed(
+            f"models.recognizer.height {wanted}: {init_name} was trained on {trained}-px lines and its "
+            f"weights do not fit {wanted} ({first}); set models.recognizer.height: {trained} or train at "
+            f"least one epoch") from None

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from peer import heldout_images, rapid_params, resolve_bundle, training_seeds  # noqa: E402
+from peer import heldout_images, heldout_truths, rapid_params, resolve_bundle, training_seeds  # noqa: E402
 
 KINDS = ("merged", "cut", "trailing", "misread", "missed")
 HEIGHTS = (0, 14, 18, 24, 10_000)  # line-height buckets (pixels in the image) of the oracle table
@@ -182,11 +182,9 @@ def main() -> int:
 
     import cv2
 
-    from engine.data.synth import read_icdar_gt
     from engine.fsutil import atomic_write_json
     from engine.runtime.bundle_manifest import read_manifest
     from engine.runtime.pipeline import OCRPipeline, load_image
-    from engine.training.metrics import as_gt_line
 
     cv2.setNumThreads(args.threads)
     bundle = resolve_bundle(args.bundle)
@@ -194,9 +192,7 @@ def main() -> int:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="cer-breakdown-") as tmp:
         paths = heldout_images(Path(tmp), args.data, args.count, args.seed)
-        # as_gt_line marks '###' lines ignored (unreadable: not scored, as in the ICDAR protocol)
-        gts = [[as_gt_line(x) for x in read_icdar_gt(p.parent.parent / "gt" / f"gt_{p.stem}.txt")]
-               for p in paths]
+        gts = heldout_truths(paths)
         images = [load_image(p) for p in paths]
         results = {p: breakdown(OCRPipeline(bundle, p, threads=args.threads), images, gts)
                    for p in precisions}

@@ -27,12 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from peer import heldout_images, training_seeds  # noqa: E402
+from peer import heldout_images, heldout_truths, training_seeds  # noqa: E402
 
 from engine.compress import atomic_write_bytes  # noqa: E402
 from engine.compress.accuracy import end_to_end_accuracy, read_crops  # noqa: E402
+from engine.compress.int8 import calib_options, calibration_readers  # noqa: E402
 from engine.compress.latency import make_session  # noqa: E402
-from engine.compress.quantize import OPERATOR_SETS, ImageCalibrationReader, quantize_static_qdq  # noqa: E402
+from engine.compress.quantize import OPERATOR_SETS, quantize_static_qdq  # noqa: E402
 
 
 def median_ms(sessions: dict[str, Any], x: np.ndarray, rounds: int) -> dict[str, float]:
@@ -60,11 +61,9 @@ def main() -> int:
         ap.error(f"--seed {args.seed} is a training seed of a recipe under recipes/; pick another")
 
     from engine.data.manifest import read_crop_labels
-    from engine.data.synth import read_icdar_gt
     from engine.recipe import load_recipe
     from engine.runtime.geometry import crop_polygon
     from engine.runtime.pipeline import load_image
-    from engine.training.metrics import as_gt_line
 
     manifest = json.loads((args.run / "build" / args.target / "bundle" / "manifest.json").read_text())
     det, rec = manifest["detector"], manifest["recognizer"]
@@ -75,11 +74,14 @@ def main() -> int:
     train_images = [r["image"] for r in records if r["split"] == "train"]
     train_crops = [p for p, _ in read_crop_labels(args.run / "data" / "crops" / "train")]
     fp32 = {m: args.run / "export" / f"{m}.onnx" for m in ("detector", "recognizer")}
+    how_of = {m: calibration.for_model(m) for m in fp32}
+    readers = calibration_readers(how_of, train_images, train_crops, max_side=det["max_side"], det_inputs=det,
+                                  rec_height=rec["height"], rec_max_width=rec["max_width"], rec_inputs=rec)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="int8-operators-") as tmp:
         paths = heldout_images(Path(tmp), None, args.count, args.seed)
         images = [load_image(p) for p in paths]
-        gts = [[as_gt_line(x) for x in read_icdar_gt(p.parent.parent / "gt" / f"gt_{p.stem}.txt")] for p in paths]
+        gts = heldout_truths(paths)
         truths = [[{"points": g.points, "text": g.text, "ignore": g.ignore} for g in lines] for lines in gts]
         crops = [crop_polygon(img, np.asarray(g.points, np.float32))
                  for img, lines in zip(images, gts, strict=True) for g in lines if not g.ignore]
@@ -100,18 +102,13 @@ def main() -> int:
         probe = {"detector": np.random.default_rng(0).random((1, 3, 384, 512), np.float32),
                  "recognizer": np.random.default_rng(0).random((16, 3, rec["height"], 320), np.float32)}
         for model in ("recognizer", "detector"):
-            how = calibration.for_model(model)
+            how = how_of[model]
             base, base_read = score(model, fp32[model])
             built = {"fp32": fp32[model]}
             for operators in OPERATOR_SETS:
-                cal = (ImageCalibrationReader.recognizer(train_crops, rec["height"], rec["max_width"],
-                                                         samples=how["samples"] * 4, batch_size=8, inputs=rec)
-                       if model == "recognizer" else
-                       ImageCalibrationReader.detector(train_images, det["max_side"], how["samples"], inputs=det))
                 out = Path(tmp) / f"{model}.{operators}.onnx"
-                options = {"CalibPercentile": how["percentile"]} if how["method"] == "percentile" else None
-                quantize_static_qdq(fp32[model], out, cal, how["method"], True, args.reduce_range,
-                                    calib_options=options, operators=operators)
+                quantize_static_qdq(fp32[model], out, readers[model], how["method"], True, args.reduce_range,
+                                    calib_options=calib_options(how), operators=operators)
                 built[operators] = out
             ms = median_ms({k: make_session(p, 2) for k, p in built.items()}, probe[model], args.rounds)
             rows.append({"model": model, "operators": "fp32", "accuracy": round(base, 4), "ms": ms["fp32"]})

@@ -240,6 +240,15 @@ def heldout_images(tmp: Path, data: Path | None, count: int, seed: int) -> list[
     return images
 
 
+def heldout_truths(images: list[Path]) -> list[list[Any]]:
+    """Each held-out image's ground-truth lines (``gt/gt_<stem>.txt`` beside ``images/``) as
+    scored lines; ``###`` lines come back ignored (unreadable: not scored, as in ICDAR 2015)."""
+    from engine.data.synth import read_icdar_gt
+    from engine.training.metrics import as_gt_line
+
+    return [[as_gt_line(x) for x in read_icdar_gt(p.parent.parent / "gt" / f"gt_{p.stem}.txt")] for p in images]
+
+
 def resolve_bundle(path: Path) -> Path:
     """The bundle directory: PATH itself, or PATH/bundle (a build:TARGET stage directory)."""
     for cand in (path, path / "bundle"):

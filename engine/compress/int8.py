@@ -111,6 +111,28 @@ def guard_metric(model_name: str, data: GuardData, fp32_recognizer: Path) -> Cal
     return recognizer_fn
 
 
+def calibration_readers(how_of: dict[str, dict[str, Any]], train_images: Sequence[Any], train_crops: Sequence[Any], *,
+                        max_side: int, det_inputs: dict[str, Any], rec_height: int, rec_max_width: int,
+                        rec_inputs: dict[str, Any]) -> dict[str, Any]:
+    """model -> its calibration reader under ``how_of[model]`` (Int8Settings.calibration), the
+    recognizer first (the detector's guard reads with its int8 model): the recognizer in
+    batches of 8 crops, 4 crops for each sample the recipe counts; the detector one image a batch."""
+    from .quantize import ImageCalibrationReader
+
+    return {
+        "recognizer": ImageCalibrationReader.recognizer(
+            train_crops, rec_height, rec_max_width, samples=how_of["recognizer"]["samples"] * 4,
+            batch_size=8, inputs=rec_inputs),
+        "detector": ImageCalibrationReader.detector(
+            train_images, max_side, how_of["detector"]["samples"], inputs=det_inputs),
+    }
+
+
+def calib_options(how: dict[str, Any]) -> dict[str, Any] | None:
+    """onnxruntime's extra calibration options for one model's {"method", "percentile", ...}."""
+    return {"CalibPercentile": how["percentile"]} if how["method"] == "percentile" else None
+
+
 def quantize_pair(fp32: dict[str, Path], train_images: list[str], train_crops: list[Path], data: GuardData,
                   settings: Int8Settings, work: Path, cache_root: Path, inputs_id: Any,
                   log: logging.Logger) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -119,21 +141,12 @@ def quantize_pair(fp32: dict[str, Path], train_images: list[str], train_crops: l
     ``cache_root`` holds the run's shared caches; ``inputs_id`` identifies the exports and data
     behind them (the upstream stages' outputs), so an entry is reused only for the same models.
     """
-    from .quantize import (
-        ImageCalibrationReader,
-        QuantizationError,
-        find_sensitive_nodes,
-        quantize_static_qdq,
-    )
+    from .quantize import QuantizationError, find_sensitive_nodes, quantize_static_qdq
 
     how_of = settings.calibration
-    readers = {  # the recognizer first: the detector's guard reads with its int8 model
-        "recognizer": ImageCalibrationReader.recognizer(  # batches of 8 crops: 4 crops per image
-            train_crops, data.rec_height, data.rec_max_width, samples=how_of["recognizer"]["samples"] * 4,
-            batch_size=8, inputs=data.rec_inputs),
-        "detector": ImageCalibrationReader.detector(
-            train_images, data.max_side, how_of["detector"]["samples"], inputs=data.det_inputs),
-    }
+    readers = calibration_readers(how_of, train_images, train_crops, max_side=data.max_side,
+                                  det_inputs=data.det_inputs, rec_height=data.rec_height,
+                                  rec_max_width=data.rec_max_width, rec_inputs=data.rec_inputs)
     paths: dict[str, Path] = {}
     reports: dict[str, Any] = {}
     out_dir = work / "int8"
@@ -159,9 +172,8 @@ def quantize_pair(fp32: dict[str, Path], train_images: list[str], train_crops: l
                   cache: Path = cache, operators: str = operators) -> Path:
             out = int8_path(model_name, exclude)
             how = how_of[model_name]
-            options = {"CalibPercentile": how["percentile"]} if how["method"] == "percentile" else None
             quantize_static_qdq(source, out, reader, how["method"], settings.per_channel, settings.reduce_range,
-                                nodes_to_exclude=[*settings.exclude, *exclude], calib_options=options,
+                                nodes_to_exclude=[*settings.exclude, *exclude], calib_options=calib_options(how),
                                 calibration_cache=cache, operators=operators)
             return out
 

@@ -7,6 +7,8 @@ pixel centres 26..54 × 36..44; dilated: 14.4..65.6 × 24.4..55.6.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -86,3 +88,35 @@ def test_offset_polygon_round_trip_area():
     h = shrunk[0][:, 1].max() - shrunk[0][:, 1].min()
     assert w == pytest.approx(28.8, abs=0.05) and h == pytest.approx(8.8, abs=0.05)
     assert offset_polygon(np.array([[0, 0], [10, 0], [10, 2], [0, 2]], float), -3) == []
+
+
+def test_gap_weight_marks_the_background_between_neighbours_only():
+    # RECT and its twin 10 px to its right: shrunk, 21.2 px apart (54.4 to 75.6), 1.06 text heights
+    twin = RECT + np.array([50, 0])
+    t = make_db_targets([RECT, twin], [False, False], 80, 160, gap_weight=10)
+    w = t["shrink_weight"]
+    assert w.dtype == np.float32 and w.shape == (80, 160)
+    gap = w[40, 56:75]
+    # midway: 1 + 10 * exp(-(21.2 / 20)^2 / (2 * 0.5^2)) = 2.06, up to the distance transform's
+    # pixel rounding
+    assert gap.min() > 1.5 and abs(float(w[40, 65]) - 2.06) < 0.2
+    assert np.all(w[t["shrink_map"] > 0] == 1.0)  # text pixels keep their weight
+    assert w[5, 5] == pytest.approx(1.0, abs=1e-3) and w[75, 150] == pytest.approx(1.0, abs=1e-3)
+    # a text alone has no neighbour to be split from
+    alone = make_db_targets([RECT], [False], 80, 160, gap_weight=10)["shrink_weight"]
+    assert np.all(alone == 1.0)
+    # ignored texts are no neighbours either, and the weight is off by default
+    ignored = make_db_targets([RECT, twin], [False, True], 80, 160, gap_weight=10)["shrink_weight"]
+    assert np.all(ignored == 1.0)
+    assert "shrink_weight" not in make_db_targets([RECT, twin], [False, False], 80, 160)
+    # a text cut off by a training crop's edge entirely (its polygon lies outside the image)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        beyond = make_db_targets([RECT, RECT + np.array([500, 0])], None, 80, 160, gap_weight=10)
+    assert np.all(beyond["shrink_weight"] == 1.0)
+
+
+def test_farther_neighbours_weigh_less():
+    near = make_db_targets([RECT, RECT + np.array([50, 0])], None, 80, 200, gap_weight=10)["shrink_weight"]
+    far = make_db_targets([RECT, RECT + np.array([80, 0])], None, 80, 200, gap_weight=10)["shrink_weight"]
+    assert near[40, 57:66].mean() > far[40, 70:85].mean() > 1.0

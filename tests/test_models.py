@@ -99,6 +99,30 @@ def _det_batch(h=64, w=64, empty=False):
     return {k: torch.from_numpy(v)[None] for k, v in t.items()}
 
 
+def test_gap_weights_scale_the_probability_loss_and_are_mined_first():
+    from engine.models.dbnet.loss import balanced_bce
+
+    gt = torch.zeros(1, 8, 8)
+    gt[0, 2:4, 2:4] = 1.0  # 4 positives -> the 12 hardest of 60 negatives are kept
+    mask = torch.ones_like(gt)
+    pred = torch.full_like(gt, 0.3)
+    pred[0, 2:4, 2:4] = 0.9
+    plain = balanced_bce(pred, gt, mask)
+    assert balanced_bce(pred, gt, mask, weight=torch.ones_like(gt)) == pytest.approx(plain.item())
+    weight = torch.ones_like(gt)
+    weight[0, 6, :] = 5.0  # a row of background "between two texts"
+    weighted = balanced_bce(pred, gt, mask, min_negatives=0, weight=weight)
+    # all negatives are equally wrong, so the weighted row's 8 pixels are among the 12 mined:
+    # (4 * bce(0.9, 1) + (8 * 5 + 4) * bce(0.3, 0)) / 16
+    bce_pos, bce_neg = -np.log(0.9), -np.log(0.7)
+    assert weighted.item() == pytest.approx((4 * bce_pos + 44 * bce_neg) / 16, rel=1e-4)
+    batch = _det_batch()
+    out = {"prob": torch.full((1, 1, 64, 64), 0.5)}
+    base = DBLoss()(out, batch)[1]["prob"]
+    heavier = DBLoss()(out, {**batch, "shrink_weight": torch.full((1, 64, 64), 2.0)})[1]["prob"]
+    assert heavier.item() == pytest.approx(2 * base.item(), rel=1e-4)
+
+
 def test_db_loss_finite_on_empty_images_and_decreases():
     model = build_detector("dbnet", "mobilenetv3", inner_channels=32).train()
     loss_fn = DBLoss()

@@ -93,6 +93,10 @@ def test_detection_dataset_targets_align_with_text_pixels(tmp_path: Path) -> Non
     assert plain["shrink_map"][int(50 * 160 / 300), int(120 * 160 / 300)] == 1
     # padding below the 300x260 image is the mean colour (0 after normalisation), as on the device
     assert torch.all(plain["image"][:, 150:, :] == 0)
+    assert "shrink_weight" not in plain
+    weighted = DetectionDataset([rec], size=160, augment=False, gap_weight=10)[0]
+    assert weighted["shrink_weight"].shape == (160, 160) and weighted["shrink_weight"].max() > 1.0
+    assert torch.all(weighted["shrink_weight"][weighted["shrink_map"] > 0] == 1.0)
     with pytest.raises(ValueError, match="multiple of 32"):
         DetectionDataset([rec], size=100)
 

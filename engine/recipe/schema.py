@@ -104,6 +104,10 @@ class DetectorSpec(Strict):
         None, ge=64, le=4096, description="square training crop (multiple of 32); null = input_size"
     )
     init: str | None = Field("base", description="'base' (the architecture's pretrained / shipped weights), a checkpoint path, or null")
+    gap_weight: float = Field(
+        0.0, ge=0, le=100,
+        description="training: extra loss weight on the background between neighbouring labelled texts "
+                    "(U-Net border weights), so the detector splits what the labels split; 0 = off")
 
     @field_validator("backbone")
     @classmethod

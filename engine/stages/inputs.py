@@ -141,6 +141,7 @@ def task_spec(ctx: StageContext, model: str) -> tuple[str, dict[str, Any]]:
             "manifest": data["manifest"], "arch": d.arch, "backbone": d.backbone,
             "train_size": d.train_size or d.input_size, "input_size": d.input_size,
             "postprocess": VALIDATION_POSTPROCESS, "val_limit": None, "backbone_lr": backbone_lr,
+            "gap_weight": d.gap_weight,
         }
     rec = r.models.recognizer
     return "engine.training.tasks:RecognizerTask", {

@@ -56,7 +56,8 @@ class DetectionDataset(Dataset):
 
     Items are dicts of tensors: ``image`` 3xSxS float32 (ImageNet-normalised by
     ``detector_input``), ``shrink_map``, ``shrink_mask``, ``thresh_map``, ``thresh_mask`` SxS
-    float32, and ``index`` (the record's position). The default collate stacks them.
+    float32 (and ``shrink_weight`` with ``gap_weight`` > 0: engine/models/dbnet/labels.py), and
+    ``index`` (the record's position). The default collate stacks them.
     With ``augment=False`` the image is only fitted into ``size`` and padded (validation loss,
     overfitting checks).
     """
@@ -73,6 +74,7 @@ class DetectionDataset(Dataset):
         thresh_max: float = 0.7,
         min_text_size: float = 8.0,
         inputs: dict[str, Any] | None = None,
+        gap_weight: float = 0.0,
     ):
         if size % 32:
             raise ValueError(f"detector training size must be a multiple of 32, got {size}")
@@ -87,6 +89,7 @@ class DetectionDataset(Dataset):
             "thresh_min": thresh_min,
             "thresh_max": thresh_max,
             "min_text_size": min_text_size,
+            "gap_weight": gap_weight,
         }
 
     def __len__(self) -> int:

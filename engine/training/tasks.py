@@ -68,6 +68,7 @@ class DetectorTask:
         val_limit: int | None = None,
         model: nn.Module | None = None,
         backbone_lr: float = 1.0,
+        gap_weight: float = 0.0,
     ):
         from engine.models import DBLoss, build_detector, input_spec
 
@@ -75,6 +76,7 @@ class DetectorTask:
         self.arch, self.backbone = arch, backbone
         self.inputs = input_spec("detector", arch)
         self.backbone_lr = float(backbone_lr)
+        self.gap_weight = float(gap_weight)
         self.model_options = dict(model_options or {})
         self.train_size, self.input_size = int(train_size), int(input_size)
         self.aug = DetAugConfig(size=self.train_size, **(augment or {}))
@@ -94,7 +96,7 @@ class DetectorTask:
 
     def train_dataset(self) -> Dataset:
         return DetectionDataset(self.manifest, "train", size=self.train_size, aug=self.aug,
-                                inputs=self.inputs)
+                                inputs=self.inputs, gap_weight=self.gap_weight)
 
     def compute_loss(
         self, model: nn.Module, batch: dict[str, Any]

@@ -34,13 +34,18 @@ def balanced_bce(
     ohem_ratio: float = 3.0,
     min_negatives: int = 100,
     eps: float = 1e-6,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """OHEM-balanced BCE; ``weight`` (per pixel, e.g. labels.py's gap weights) scales each
+    pixel's loss before the hardest negatives are picked, so weighted pixels are mined first."""
     positive = gt * mask
     negative = (1.0 - gt) * mask
     pos_count = int(positive.sum().item())
     neg_total = int(negative.sum().item())
     neg_count = min(neg_total, max(int(pos_count * ohem_ratio), min_negatives))
     loss = F.binary_cross_entropy(pred.clamp(eps, 1.0 - eps), gt, reduction="none")
+    if weight is not None:
+        loss = loss * weight
     pos_loss = (loss * positive).sum()
     if neg_count > 0:
         neg_loss = torch.topk((loss * negative).reshape(-1), neg_count).values.sum()
@@ -63,8 +68,9 @@ class DBLoss(nn.Module):
     """``DBLoss()(pred, batch) -> (total, {"prob", "thresh", "binary"})``.
 
     pred: the train-mode dict of DBNet; batch: ``shrink_map``, ``shrink_mask``, ``thresh_map``,
-    ``thresh_mask`` (N×H×W or N×1×H×W).  If ``pred`` is a bare tensor (eval-mode output, e.g. a
-    validation loss) only the probability term is computed.
+    ``thresh_mask`` (N×H×W or N×1×H×W), and ``shrink_weight`` when the labels carry one.  If
+    ``pred`` is a bare tensor (eval-mode output, e.g. a validation loss) only the probability
+    term is computed.
     """
 
     def __init__(
@@ -90,7 +96,8 @@ class DBLoss(nn.Module):
             gt, mask = _flat(batch["shrink_map"]), _flat(batch["shrink_mask"])
             prob = _flat(pred["prob"])
             parts = {
-                "prob": balanced_bce(prob, gt, mask, self.ohem_ratio, self.min_negatives, self.eps)
+                "prob": balanced_bce(prob, gt, mask, self.ohem_ratio, self.min_negatives, self.eps,
+                                     _flat(batch["shrink_weight"]) if "shrink_weight" in batch else None)
             }
             total = self.alpha * parts["prob"]
             if "thresh" in pred:

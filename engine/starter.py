@@ -21,7 +21,8 @@ dataset:
 models:
   # PP-OCRv6 small, pretrained (weights from the installed rapidocr wheel), fine-tuned on your data.
   # For the smallest models: {{arch: dbnet, backbone: mobilenetv3}} / {{arch: crnn, sequence: conv}}.
-  detector: {{arch: ppocrv6, input_size: 512, train_size: 384, init: base}}
+  # gap_weight: teach the detector to split neighbouring texts your labels box apart (0 = off).
+  detector: {{arch: ppocrv6, input_size: 512, train_size: 384, init: base, gap_weight: 10}}
   recognizer: {{arch: ppocrv6, height: 32, max_width: 640, init: base}}
   postprocess: {{thresh: 0.3, box_thresh: 0.6, unclip_ratio: 1.5}}
 

@@ -5,10 +5,10 @@ set (engine/compress/quantize.py OPERATOR_SETS), scored against fp32 on never-se
 
 The recognizer is scored on the plates' ground-truth crops (line accuracy), the detector end to
 end with the fp32 recognizer reading its boxes; each int8 model is also timed against fp32 on one
-fixed input (median of interleaved runs). Calibration is the run's recipe's: its method and
-sample count per model, on its training images and crops. One set of ~2000 lines resolves
-about +-0.4 point (50-60 lines change either way between fp32 and int8): pool several seeds
-before trusting a difference. Prints one table and writes bench/results/int8_operators.json.
+fixed input (engine.compress.latency.compare_latency: interleaved, non-spinning sessions).
+Calibration is the run's recipe's: its method and sample count per model, on its training
+images and crops. One set of ~2000 lines resolves about +-0.4 point (50-60 lines change either
+way between fp32 and int8): pool several seeds before trusting a difference. Prints one table and writes bench/results/int8_operators.json.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +31,8 @@ from peer import heldout_images, heldout_truths, training_seeds  # noqa: E402
 from engine.compress import atomic_write_bytes  # noqa: E402
 from engine.compress.accuracy import end_to_end_accuracy, read_crops  # noqa: E402
 from engine.compress.int8 import calib_options, calibration_readers  # noqa: E402
-from engine.compress.latency import make_session  # noqa: E402
+from engine.compress.latency import compare_latency, make_session  # noqa: E402
 from engine.compress.quantize import OPERATOR_SETS, quantize_static_qdq  # noqa: E402
-
-
-def median_ms(sessions: dict[str, Any], x: np.ndarray, rounds: int) -> dict[str, float]:
-    """Median latency of each session on ``x``, the sessions interleaved round by round."""
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(rounds + 3):
-        for name, sess in sessions.items():
-            t0 = time.perf_counter()
-            sess.run(None, {"input": x})
-            times[name].append(time.perf_counter() - t0)
-    return {k: round(1000 * float(np.median(v[3:])), 1) for k, v in times.items()}
 
 
 def main() -> int:
@@ -110,7 +98,8 @@ def main() -> int:
                 quantize_static_qdq(fp32[model], out, readers[model], how["method"], True, args.reduce_range,
                                     calib_options=calib_options(how), operators=operators)
                 built[operators] = out
-            ms = median_ms({k: make_session(p, 2) for k, p in built.items()}, probe[model], args.rounds)
+            timed = compare_latency(built, [probe[model]], threads=2, runs=args.rounds, rounds=args.rounds)
+            ms = {k: round(v["median_ms"], 1) for k, v in timed.items()}
             rows.append({"model": model, "operators": "fp32", "accuracy": round(base, 4), "ms": ms["fp32"]})
             for operators in OPERATOR_SETS:
                 acc, read = score(model, built[operators])

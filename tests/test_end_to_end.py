@@ -274,6 +274,28 @@ def test_interrupted_prune_resumes_from_its_recorded_pruned_model(finished):
     assert "resumed at epoch 1" in (work / "train.log").read_text()
 
 
+def test_verify_reuses_identical_checks_and_checks_other_archs_in_one_pass(finished):
+    """rpi4's fp32 candidate is local-cpu's export read with the same settings: its verify takes
+    local-cpu's check from the run's cache. Its int8 models differ (reduce_range), so those are
+    checked, like the Jetson's, once over the val images on this host's cores."""
+    import os
+
+    candidates = {t: json.loads((finished.run_dir / "verify" / t / "bundle" / "manifest.json").read_text())
+                  ["verify"]["candidates"] for t in ("local-cpu", "rpi4", "jetson-nano")}
+    assert not any("reused" in m for m in candidates["local-cpu"].values())
+    assert candidates["rpi4"]["fp32"]["reused"].startswith("cache/verify/fp32-")
+    assert candidates["rpi4"]["fp32"]["e2e_line_accuracy"] == candidates["local-cpu"]["fp32"]["e2e_line_accuracy"]
+    assert "reused" not in candidates["rpi4"]["int8"] and "reused" not in candidates["jetson-nano"]["fp16"]
+    entries = [json.loads(p.read_text()) for p in (finished.run_dir / "cache" / "verify").iterdir()]
+    own = {(e["report"]["target"], e["report"]["precision"]): e for e in entries}
+    assert set(own) == {("local-cpu", "fp32"), ("local-cpu", "int8"), ("rpi4", "int8"),
+                        ("jetson-nano", "fp32"), ("jetson-nano", "fp16")}
+    for (target, _), entry in own.items():
+        foreign = target != "local-cpu"
+        assert entry["runs"] == (1 if foreign else 2)
+        assert entry["report"]["threads"] == (min(4, os.cpu_count() or 1) if foreign else 2)
+
+
 def test_int8_targets_with_the_same_settings_share_the_guarded_model(finished):
     """reduce_range set for every target: rpi4 would build local-cpu's int8 models again, guard
     search included; it takes them from the run's int8 cache instead, byte for byte."""

@@ -466,14 +466,18 @@ def bundle_labels(bundle: Path) -> dict[str, list[dict[str, Any]]]:
     return labels
 
 
-def run_local_check(bundle: Path, precision: str | None, limit: int | None, runs: int = 1) -> dict[str, Any]:
+def run_local_check(bundle: Path, precision: str | None, limit: int | None, runs: int = 1,
+                    threads: int | None = None) -> dict[str, Any]:
     """``python -m runtime.check`` in the bundle directory, as a device would run it; its JSON
-    report. Raises BundleError with the check's last error line when it fails."""
+    report. ``threads`` overrides the manifest's. Raises BundleError with the check's last error
+    line when it fails."""
     cmd = [sys.executable, "-m", "runtime.check", "--runs", str(runs)]
     if precision:
         cmd += ["--precision", precision]
     if limit:
         cmd += ["--limit", str(limit)]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # keep the bundle's files exactly as hashed
     proc = subprocess.run(cmd, cwd=bundle, capture_output=True, text=True, env=env)

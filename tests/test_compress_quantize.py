@@ -228,3 +228,9 @@ def test_sensitivity_search(recognizer_fp32, tmp_path):
 
     held = find_sensitive_nodes(recognizer_fp32, builder, logged, max_drop=10.0, budget=0, fp32_metric=20.0)
     assert str(recognizer_fp32) not in scored and held.fp32_metric == 20.0 and not held.met
+    # one count lost against a bar of exactly one count is met (0.925 - 0.92 is 0.00500000000000006
+    # in floats): no exclusion search, a single build
+    builds.clear()
+    at_bar = find_sensitive_nodes(recognizer_fp32, builder, lambda path: 0.92, max_drop=0.005, budget=3,
+                                  ranking_inputs=reader, fp32_metric=0.925)
+    assert at_bar.met and at_bar.excluded == [] and len(builds) == 1

@@ -63,6 +63,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from engine.runtime.preprocess import detector_input, norm_of, recognizer_input
+from engine.training.metrics import within_drop
 
 from . import atomic_replace, temp_path_beside
 
@@ -627,7 +628,7 @@ def find_sensitive_nodes(
     int8_metric = float(eval_fn(int8_path))
     history: list[dict[str, Any]] = [{"excluded": [], "metric": int8_metric,
                                       "drop": fp32_metric - int8_metric}]
-    result = SensitivityResult([], fp32_metric - int8_metric <= max_drop, fp32_metric,
+    result = SensitivityResult([], within_drop(fp32_metric - int8_metric, max_drop), fp32_metric,
                                int8_metric, int8_metric, max_drop, history=history)
     if result.met or budget == 0:
         return result
@@ -663,7 +664,7 @@ def find_sensitive_nodes(
         history.append({"excluded": list(trial), "metric": metric, "drop": drop, "kept": metric > best})
         if metric > best:
             excluded, best = trial, metric
-        if fp32_metric - best <= max_drop:
+        if within_drop(fp32_metric - best, max_drop):
             result.met = True
             break
     if built != excluded:  # the last try was not kept: its model must not stand as the result

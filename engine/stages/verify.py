@@ -34,7 +34,7 @@ def run(ctx: StageContext) -> StageResult:
     from ..deploy.bundle import BundleError, bundle_labels, finalize_bundle
     from ..deploy.check_cache import cached_check
     from ..runtime.bundle_manifest import manifest_meta, read_manifest
-    from ..training.metrics import score_predictions
+    from ..training.metrics import score_predictions, within_drop
 
     target = ctx.param
     profile = ctx.target_profile()
@@ -65,7 +65,7 @@ def run(ctx: StageContext) -> StageResult:
         baseline = ctx.upstream["evaluate"]["metrics"].get("e2e_line_accuracy")
     for m in results.values():
         m["drop_vs_fp32"] = (baseline - m["e2e_line_accuracy"]) if baseline is not None else None
-        m["within_drop"] = m["drop_vs_fp32"] is None or m["drop_vs_fp32"] <= verify.max_drop
+        m["within_drop"] = m["drop_vs_fp32"] is None or within_drop(m["drop_vs_fp32"], verify.max_drop)
     active = meta["precision"]
     chose = profile.precision == "auto" and here
     if chose:

@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                                           make_session(bundle / "models" / r / "recognizer.onnx", 2),
                                           images, gts, manifest["charset"], max_side=det["max_side"],
                                           height=rec["height"], max_width=rec["max_width"], postprocess=post,
-                                          det_inputs=det, rec_inputs=rec)
+                                          det_inputs=det, rec_inputs=rec, batch=rec["batch"],
+                                          max_padding=rec.get("max_padding", 1.0))
                 row[f"{name}_images"] = len(images)
                 row[f"{name}_e2e_line_accuracy"] = round(acc["e2e_line_accuracy"], 4)
                 row[f"{name}_hmean"] = round(acc["hmean"], 4)

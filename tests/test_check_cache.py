@@ -64,11 +64,14 @@ def test_corrupt_entry_is_discarded_and_a_tampered_bundle_never_reuses(tmp_path,
     bundle = small_bundle(tmp_path / "b", {"fp32": fp32_models})
     first = cached_check(bundle, "fp32", 2, 1, None, cache, LOG)
     (entry,) = (cache / "verify").iterdir()
-    entry.write_text('{"key": "cut off by a kill')
-    with caplog.at_level(logging.WARNING):
-        again = cached_check(bundle, "fp32", 2, 1, None, cache, LOG)
-    assert "discarding unreadable check cache entry" in caplog.text
-    assert "reused" not in again and again["predictions"] == first["predictions"]
+    good = json.loads(entry.read_text())
+    for bad in ('{"key": "cut off by a kill', json.dumps({**good, "runs": None}), json.dumps({**good, "report": {}})):
+        entry.write_text(bad)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            again = cached_check(bundle, "fp32", 2, 1, None, cache, LOG)
+        assert "discarding unreadable check cache entry" in caplog.text
+        assert "reused" not in again and again["predictions"] == first["predictions"]
     assert json.loads(entry.read_text())["report"]["predictions"] == first["predictions"]
     # the entry is valid, but the bundle no longer holds what its manifest (and the key) says
     with open(bundle / "models" / "recognizer.onnx", "ab") as fh:

@@ -70,7 +70,8 @@ def cached_check(bundle: Path, precision: str, limit: int | None, runs: int, thr
     if path.exists():
         try:
             entry = json.loads(path.read_text())
-            valid = entry["key"] == key and isinstance(entry["report"]["predictions"], list)
+            valid = (entry["key"] == key and isinstance(entry["runs"], int)
+                     and isinstance(entry["report"]["predictions"], list))
         except (ValueError, UnicodeDecodeError, KeyError, TypeError):
             valid = False
         if not valid:

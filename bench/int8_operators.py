@@ -8,7 +8,8 @@ end with the fp32 recognizer reading its boxes; each int8 model is also timed ag
 fixed input (engine.compress.latency.compare_latency: interleaved, non-spinning sessions).
 Calibration is the run's recipe's: its method and sample count per model, on its training
 images and crops. One set of ~2000 lines resolves about +-0.4 point (50-60 lines change either
-way between fp32 and int8): pool several seeds before trusting a difference. Prints one table and writes bench/results/int8_operators.json.
+way between fp32 and int8): pool several seeds before trusting a difference. Prints one table
+and writes bench/results/int8_operators.json.
 """
 
 from __future__ import annotations

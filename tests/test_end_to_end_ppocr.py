@@ -1,7 +1,8 @@
 """The default path for real, on a tiny generated dataset: PP-OCRv6 from the rapidocr wheel's
 weights, cut to the recipe's charset, fine-tuned a few steps, pruned, quantization-aware
 fine-tuned, exported (opset 17, and opset 13 for the Jetson Nano's TensorRT 8.2), built for an
-int8 CPU target and a TensorRT target, verified through the device runtime and checked.
+int8 CPU target and a TensorRT target with a language model of the training labels, verified
+through the device runtime and checked.
 
 A few steps teach little; the pretrained models already read, so the floors below are real
 reading (a stage that broke a model would fall through them).
@@ -27,6 +28,7 @@ dataset:
 models:
   detector: {{arch: ppocrv6, input_size: 640, train_size: 256}}
   recognizer: {{arch: ppocrv6, max_width: 640}}
+  decoder: {{type: lm}}
 train:
   epochs: 1
   lr: 5.0e-5
@@ -79,6 +81,9 @@ def test_the_bundle_carries_the_models_input_convention(finished: Pipeline) -> N
     assert manifest["detector"]["channels"] == manifest["recognizer"]["channels"] == "bgr"
     assert manifest["recognizer"]["downsample"] == 8 and manifest["recognizer"]["height"] == 48
     assert manifest["recognizer"]["mean"] == [0.5, 0.5, 0.5]
+    # the language model of the 6 training plates' lines, sealed with the bundle
+    decoder = manifest["recognizer"]["decoder"]
+    assert decoder["type"] == "lm" and decoder["lines"] > 30 and decoder["file"] in manifest["files"]
 
 
 def test_the_jetson_nano_gets_models_its_tensorrt_parses(finished: Pipeline) -> None:

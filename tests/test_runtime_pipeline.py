@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import hashlib
 import io
 import json
 import subprocess
@@ -29,7 +30,10 @@ from test_bundle import ROOT, export_small_models, small_bundle
 
 from engine.deploy.bundle import build_bundle
 from engine.runtime import check
+from engine.runtime.bundle_manifest import BundleError
+from engine.runtime.lm import CharNgram, LMDecoder, save_lm
 from engine.runtime.pipeline import OCRPipeline, batch_by_width, predict_cli
+from engine.runtime.postprocess import ctc_greedy_decode
 
 LEVELS = {"A": 40, "B": 100, "C": 170, "D": 240}  # G value per letter, R = 255
 CHARSET = "".join(LEVELS)
@@ -74,18 +78,29 @@ def _recognizer_onnx(path: Path, height: int = 32, k: float = 5.0) -> Path:
     return path
 
 
-def make_hand_bundle(d: Path, name: str = "hand", min_text_score: float = 0.0) -> Path:
-    """A real bundle around the hand-built ONNX models (also used by the serve/prelabel tests)."""
+def make_hand_bundle(d: Path, name: str = "hand", min_text_score: float = 0.0,
+                     lm_texts: list[str] | None = None) -> Path:
+    """A real bundle around the hand-built ONNX models (also used by the serve/prelabel tests);
+    ``lm_texts``: read with a language model of these lines, as `models.decoder.type: lm` builds."""
     models = {"fp32": {"detector": _detector_onnx(d / "det.onnx"),
                        "recognizer": _recognizer_onnx(d / "rec.onnx")}}
+    decoder: dict[str, object] = {"type": "greedy"}
+    extra = {}
+    if lm_texts is not None:
+        data = save_lm(CharNgram.fit(lm_texts, CHARSET, order=4, min_context=1))
+        (d / "lm.json").write_bytes(data)
+        extra = {"lm.json": d / "lm.json"}
+        decoder = {"type": "lm", "file": "lm.json", "sha256": hashlib.sha256(data).hexdigest(),
+                   "weight": 0.3, "length_bonus": 0.6, "beam": 8}
     return build_bundle(
         d / "bundle", models=models, active="fp32", charset=CHARSET,
         detector={"input": "input", "max_side": 256},
-        recognizer={"input": "input", "height": 32, "max_width": 256, "batch": 2, "max_padding": 1.0},
+        recognizer={"input": "input", "height": 32, "max_width": 256, "batch": 2, "max_padding": 1.0,
+                    "decoder": decoder},
         postprocess={"thresh": 0.3, "box_thresh": 0.5, "unclip_ratio": 0.1,
                      "min_text_score": min_text_score},
         threads=1, providers=["CPUExecutionProvider"], runtime="onnxruntime", target="local-cpu",
-        arch="x86_64", recipe={"name": name, "hash": "1" * 16},
+        arch="x86_64", recipe={"name": name, "hash": "1" * 16}, extra_files=extra,
     )
 
 
@@ -144,6 +159,31 @@ def test_batching_by_width_matches_one_by_one(hand_bundle):
     assert np.allclose([s for _, s in a], [s for _, s in b], atol=1e-5)
     assert batch_by_width([30, 10, 20, 10], 2) == [[1, 3], [2, 0]]
     assert batch_by_width([], 4) == [] and batch_by_width([5], 0) == [[0]]
+
+
+def test_language_model_bundle_reads_with_it_and_guards_its_file(tmp_path):
+    """A bundle built with `models.decoder.type: lm` reads through the beam search (confident
+    lines as greedy reads them); `decoder="greedy"` turns it off; a changed lm.json is refused
+    by the bundle check and, unverified, by the decoder's own sha256."""
+    img, expected = _plate()
+    bundle = make_hand_bundle(tmp_path, lm_texts=["B", "D", "C", "A"])  # each box holds one letter
+    pipe = OCRPipeline(bundle)
+    assert isinstance(pipe.decode, LMDecoder)
+    assert "".join(line["text"] for line in pipe.predict(img)) == expected
+    assert OCRPipeline(bundle, decoder="greedy").decode is ctc_greedy_decode
+    with pytest.raises(BundleError, match="unknown type 'beam'"):
+        OCRPipeline(bundle, decoder="beam")
+    lm_file = bundle / "lm.json"
+    lm_file.write_bytes(lm_file.read_bytes() + b" ")  # still valid JSON, not the file that was built
+    with pytest.raises(BundleError, match=r"lm\.json"):
+        OCRPipeline(bundle)
+    with pytest.raises(BundleError, match=r"sha256 differs"):
+        OCRPipeline(bundle, verify=False)
+    (tmp_path / "plain").mkdir()
+    plain = make_hand_bundle(tmp_path / "plain")
+    assert OCRPipeline(plain).decode is ctc_greedy_decode
+    with pytest.raises(BundleError, match="no language model"):
+        OCRPipeline(plain, decoder="lm")
 
 
 def test_batch_by_width_bounds_padding():

@@ -171,10 +171,34 @@ class PostprocessSpec(Strict):
     min_text_score: float = Field(0.0, ge=0, le=1, description="lines below are dropped")
 
 
+class DecoderSpec(Strict):
+    """How the recognizer's CTC output becomes text: changing it never retrains a model.
+
+    ``lm``: a character n-gram counted from the training labels, read with a CTC beam search
+    (engine/runtime/lm.py). It knows the plates' keys, units and formats, and speaks only from
+    contexts of ``min_context`` characters that the labels contain, so text it never saw keeps
+    what the recognizer read.
+    """
+
+    type: Literal["greedy", "lm"] = Field("greedy", description="greedy CTC, or beam search with a language model of the training labels")
+    order: int = Field(6, ge=2, le=12, description="n-gram order (context of order-1 characters)")
+    min_context: int = Field(3, ge=1, le=11, description="shorter or unseen contexts leave the choice to the recognizer")
+    weight: float = Field(0.3, ge=0, le=5, description="language-model log-probability weight")
+    length_bonus: float = Field(0.6, ge=-5, le=5, description="score per character, against the model's bias to short text")
+    beam: int = Field(8, ge=1, le=128, description="hypotheses kept per frame")
+
+    @model_validator(mode="after")
+    def _context_below_order(self) -> DecoderSpec:
+        if self.min_context >= self.order:
+            raise ValueError(f"min_context ({self.min_context}) must be below order ({self.order})")
+        return self
+
+
 class ModelsSpec(Strict):
     detector: DetectorSpec = DetectorSpec()
     recognizer: RecognizerSpec = RecognizerSpec()
     postprocess: PostprocessSpec = PostprocessSpec()
+    decoder: DecoderSpec = DecoderSpec()
 
 
 # --------------------------------------------------------------------------------- train

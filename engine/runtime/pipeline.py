@@ -10,7 +10,8 @@ Steps of :meth:`OCRPipeline.predict`: ``detector_input`` -> detector -> ``db_box
 resized width* in chunks of at most ``recognizer.batch`` whose padding stays within
 ``recognizer.max_padding`` (``batch_by_width``: padding is work, and it is what makes a batched
 line differ from the same line alone) ->
-``ctc_greedy_decode`` limited to each crop's valid steps -> lines whose text confidence is
+CTC decoding limited to each crop's valid steps (greedy, or the beam search with the bundle's
+language model when ``recognizer.decoder.type`` is ``lm``: engine/runtime/lm.py) -> lines whose text confidence is
 below ``postprocess.min_text_score`` are dropped.  Lines whose text decodes empty are kept: the
 box was still found (detection metrics count it), the caller sees ``text == ""``.
 
@@ -25,6 +26,7 @@ if available, else CPU.  :attr:`OCRPipeline.backend` says which ran, and it is l
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -38,7 +40,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from .bundle_manifest import BundleError, read_manifest, verify_bundle
+from .bundle_manifest import BundleError, check_relpath, read_manifest, verify_bundle
+from .lm import LMDecoder, LMError, load_lm
 from .postprocess import crop_polygon, ctc_greedy_decode, db_boxes, sort_reading_order
 from .preprocess import batch_by_width, detector_input, norm_of, recognizer_input, recognizer_widths
 
@@ -72,10 +75,11 @@ def default_bundle_dir() -> Path | None:
 
 def read_lines(
     run: Any, crops: Sequence[np.ndarray], charset: str, *, height: int, max_width: int, batch: int,
-    max_padding: float, downsample: int, norm: dict[str, Any],
+    max_padding: float, downsample: int, norm: dict[str, Any], decode: Any = ctc_greedy_decode,
 ) -> list[tuple[str, float]]:
     """Texts and confidences of ``crops``, in their order: ``run`` (N×3×H×W -> logits) over
-    batches of similar width (``batch_by_width``), greedy CTC limited to each crop's own columns.
+    batches of similar width (``batch_by_width``), ``decode`` (greedy CTC unless given an
+    ``LMDecoder``) limited to each crop's own columns.
 
     The one recognizer loop: the device pipeline and the host's int8 guard both read with it, so
     the guard scores batches made as the target makes them.
@@ -86,7 +90,7 @@ def read_lines(
     results: list[tuple[str, float]] = [("", 0.0)] * len(crops)
     for chunk in batch_by_width(widths, batch, max_padding):
         logits = run(recognizer_input([crops[i] for i in chunk], height, max_width, **norm))
-        decoded = ctc_greedy_decode(logits, charset, lengths=[widths[i] // downsample for i in chunk])
+        decoded = decode(logits, charset, lengths=[widths[i] // downsample for i in chunk])
         for i, r in zip(chunk, decoded, strict=True):
             results[i] = r
     return results
@@ -190,7 +194,8 @@ def _ort_providers(wanted: Sequence[str], gpu_first: bool, cache_dir: Path) -> l
 class OCRPipeline:
     """Detector + recognizer of one bundle.  ``precision`` picks a candidate (default: the
     manifest's active one), ``threads`` overrides the manifest's intra-op threads, ``verify``
-    checks every file's sha256 first (raises BundleError naming the bad file)."""
+    checks every file's sha256 first (raises BundleError naming the bad file), ``decoder``
+    ``"greedy"`` reads without the bundle's language model (benchmarks compare the two)."""
 
     def __init__(
         self,
@@ -198,6 +203,7 @@ class OCRPipeline:
         precision: str | None = None,
         threads: int | None = None,
         verify: bool = True,
+        decoder: str | None = None,
     ):
         self.bundle_dir = Path(bundle_dir)
         self.manifest = verify_bundle(self.bundle_dir) if verify else read_manifest(self.bundle_dir)
@@ -219,8 +225,36 @@ class OCRPipeline:
         self.runtime = m.get("runtime", "onnxruntime")
         paths = {k: self.bundle_dir / v for k, v in candidates[self.precision].items()}
         self.detector, self.recognizer = self._load(paths)
+        self.decode = self._decoder(decoder)
         self.backend = f"{self.runtime}:{','.join(self._provider_names())}"
         log.info("bundle %s precision %s backend %s", self.bundle_dir, self.precision, self.backend)
+
+    def _decoder(self, override: str | None) -> Any:
+        """``ctc_greedy_decode``, or an ``LMDecoder`` over the bundle's language model file (its
+        sha256 is in the manifest's decoder section, so an unverified pipeline checks it too)."""
+        spec = self.rec_cfg.get("decoder") or {"type": "greedy"}  # bundles before decoders: greedy
+        kind = override or spec.get("type")
+        if kind == "greedy":
+            return ctc_greedy_decode
+        source = self.bundle_dir / "manifest.json"
+        if kind != "lm":
+            raise BundleError(source, f"recognizer.decoder: unknown type {kind!r} (known: greedy, lm)")
+        if spec.get("type") != "lm":
+            raise BundleError(source, "this bundle has no language model (recognizer.decoder is greedy)")
+        try:
+            problem = check_relpath(str(spec["file"]))
+            if problem:
+                raise BundleError(source, f"recognizer.decoder.file: {problem}")
+            path = self.bundle_dir / str(spec["file"])
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != spec["sha256"]:
+                raise BundleError(path, "sha256 differs from the manifest's recognizer.decoder.sha256")
+            return LMDecoder(load_lm(data, str(path)), weight=float(spec["weight"]),
+                             length_bonus=float(spec["length_bonus"]), beam=int(spec["beam"]))
+        except KeyError as exc:
+            raise BundleError(source, f"recognizer.decoder has no {exc}") from None
+        except (OSError, LMError) as exc:
+            raise BundleError(source, f"recognizer.decoder: {exc}") from None
 
     def _provider_names(self) -> list[str]:
         names = []
@@ -295,7 +329,7 @@ class OCRPipeline:
                           # bundles before max_padding padded every batch to its widest crop
                           max_padding=float(cfg.get("max_padding", 1.0)),
                           downsample=int(cfg.get("downsample", 4)),  # input columns per CTC step
-                          norm=norm_of(cfg))
+                          norm=norm_of(cfg), decode=self.decode)
 
     def predict(self, image_rgb_uint8: np.ndarray) -> list[dict[str, Any]]:
         """[{"points": [[x, y], ...], "text", "score" (text confidence), "box_score"}] in

@@ -166,7 +166,7 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def _looks_like_probs(x: np.ndarray) -> bool:
+def looks_like_probs(x: np.ndarray) -> bool:
     return bool(
         x.size and x.min() >= 0.0 and x.max() <= 1.0 and np.allclose(x.sum(-1), 1.0, atol=1e-3)
     )
@@ -196,7 +196,7 @@ def ctc_greedy_decode(
             f"model has {x.shape[2]} classes but the charset has {len(charset)} characters "
             f"(+1 blank = {len(charset) + 1}): wrong charset for this model?"
         )
-    probs = x if (is_probs if is_probs is not None else _looks_like_probs(x)) else softmax(x)
+    probs = x if (is_probs if is_probs is not None else looks_like_probs(x)) else softmax(x)
     best = probs.argmax(axis=2)
     best_p = probs.max(axis=2)
     out: list[tuple[str, float]] = []

@@ -18,6 +18,7 @@ from .contract import StageContext, StageFailed, StageResult
 from .inputs import crop_paths, detector_samples, recognizer_samples, records
 
 BUNDLE_VAL_IMAGES = 20  # val images a bundle carries when verify.samples is null
+LM_FILE = "lm.json"  # the recognizer's language model in the bundle (models.decoder.type: lm)
 
 
 def _side(ctx: StageContext) -> int:
@@ -131,6 +132,28 @@ def _tensorrt_plans(ctx: StageContext, work: Path) -> tuple[dict[str, Any], dict
     return plans, scripts
 
 
+def _decoder(ctx: StageContext, work: Path, charset: str) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The manifest's ``recognizer.decoder`` and its files: for ``lm``, the character n-gram of
+    the training labels (engine/runtime/lm.py), whose sha256 the manifest section carries, so
+    the verify cache's key and an unverified pipeline both see a changed model."""
+    dec = ctx.recipe.models.decoder
+    if dec.type == "greedy":
+        return {"type": "greedy"}, {}
+    import hashlib
+
+    from ..runtime.lm import CharNgram, save_lm
+
+    texts = [ln.text for r in records(ctx, "train") for ln in r.lines if not ln.ignore and ln.text]
+    if not texts:
+        raise StageFailed("models.decoder.type is lm, but the training split has no labelled text to count")
+    data = save_lm(CharNgram.fit(texts, charset, dec.order, dec.min_context))
+    path = work / LM_FILE
+    path.write_bytes(data)
+    return ({"type": "lm", "file": LM_FILE, "sha256": hashlib.sha256(data).hexdigest(), "order": dec.order,
+             "min_context": dec.min_context, "weight": dec.weight, "length_bonus": dec.length_bonus,
+             "beam": dec.beam, "lines": len(texts)}, {LM_FILE: path})
+
+
 def _manifest_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
     """What the device's pre-processing needs of a model's input convention."""
     return {k: inputs[k] for k in ("channels", "mean", "std", "downsample") if k in inputs}
@@ -174,14 +197,18 @@ def run(ctx: StageContext) -> StageResult:
         active = "int8"  # measured and switched by verify (local) or check (device)
     rec = ctx.recipe.models.recognizer
     pp = ctx.recipe.models.postprocess
+    charset = ctx.upstream_artifact("export", "charset")
+    decoder, lm_files = _decoder(ctx, work, charset)
+    extra_files.update(lm_files)
+    metrics["decoder"] = decoder["type"]
     bundle = build_bundle(
         ctx.run.bundle_dir(ctx.name),
         models=models, active=active,
-        charset=ctx.upstream_artifact("export", "charset"),
+        charset=charset,
         detector={"input": "input", "max_side": _side(ctx), **_manifest_inputs(_inputs(ctx, "detector"))},
         recognizer={"input": "input", "height": rec.height, "max_width": min(rec.max_width, profile.recognizer.max_width),
                     "batch": profile.recognizer.batch, "max_padding": profile.recognizer.max_padding,
-                    **_manifest_inputs(_inputs(ctx, "recognizer"))},
+                    "decoder": decoder, **_manifest_inputs(_inputs(ctx, "recognizer"))},
         postprocess={"thresh": pp.thresh, "box_thresh": pp.box_thresh, "unclip_ratio": pp.unclip_ratio,
                      "shrink_ratio": pp.shrink_ratio, "min_text_score": pp.min_text_score},
         threads=profile.threads, providers=profile.providers, runtime=profile.runtime,

@@ -124,29 +124,45 @@ def test_file_round_trip_is_canonical(lm):
     data = save_lm(lm)
     again = load_lm(data, "lm.json")
     assert save_lm(again) == data
-    assert again.prob("MODEL N", "O") == lm.prob("MODEL N", "O")
+    for context, char in (("MODEL N", "O"), ("NO. ", "8"), ("QQQ", "A"), ("DOME 9", EOS)):
+        assert again.prob(context, char) == lm.prob(context, char)
     assert save_lm(CharNgram.fit(reversed(PLATES * 3), CHARSET)) == data  # order of lines: same file
-    assert BOS * 3 in json.loads(data)["counts"]
+    assert json.loads(data)["contexts"]["3"].startswith(BOS * 3)
 
 
-@pytest.mark.parametrize("doc, problem", [
-    (b"{not json", "not JSON"),
-    (b"[]", "a JSON object"),
-    (json.dumps({"format": 2, "kind": "char-ngram"}).encode(), "format/kind"),
-    (json.dumps({"format": 1, "kind": "char-ngram", "order": 3, "min_context": 3, "charset": "A",
-                 "counts": {}}).encode(), "min_context < order"),
-    (json.dumps({"format": 1, "kind": "char-ngram", "order": 4, "min_context": 2, "charset": "",
-                 "counts": {}}).encode(), "charset"),
-    (json.dumps({"format": 1, "kind": "char-ngram", "order": 4, "min_context": 2, "charset": "AB",
-                 "counts": {"A": {"B": 1}}}).encode(), "counts\\['A'\\]"),
-    (json.dumps({"format": 1, "kind": "char-ngram", "order": 4, "min_context": 2, "charset": "AB",
-                 "counts": {"AB": {"B": -1}}}).encode(), "positive counts"),
-    (b" " * (MAX_LM_BYTES + 1), "more than"),
+GOOD = {"format": 1, "kind": "char-ngram", "order": 4, "min_context": 2, "charset": "AB",
+        "contexts": {"2": "ABBA", "3": "ABA"}, "followers": "AABB", "sizes": [1, 2, 1], "counts": [1, 2, 1, 3]}
+
+
+def test_a_hand_written_file_means_what_it_says():
+    lm = load_lm(json.dumps(GOOD).encode(), "lm.json")
+    assert lm.prob("AB", "B") == pytest.approx((0 + 1 * 1 / 3) / (1 + 1))  # context AB: only A seen, once
+    assert lm.prob("BA", "A") == pytest.approx((2 + 2 * 1 / 3) / (3 + 2))  # BA: A twice, B once
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"format": 2}, "format/kind"),
+    ({"min_context": 4}, "min_context < order"),
+    ({"charset": ""}, "charset"),
+    ({"contexts": {"1": "AB"}}, "'contexts' must map"),
+    ({"contexts": {"2": "ABB"}}, "'contexts' must map"),
+    ({"followers": ["B"]}, "'followers' must be a string"),
+    ({"sizes": [1, 2]}, "do not line up"),
+    ({"counts": [1, 2, 1]}, "do not line up"),
+    ({"counts": [1, 0, 1, 3]}, "positive integers"),
+    ({"contexts": {"2": "ABAB", "3": "ABA"}}, "listed twice"),
 ])
-def test_bad_files_are_refused_with_the_field(doc, problem):
+def test_bad_files_are_refused_with_the_field(change, problem):
     with pytest.raises(LMError, match=problem) as info:
-        load_lm(doc, "bundle/lm.json")
+        load_lm(json.dumps({**GOOD, **change}).encode(), "bundle/lm.json")
     assert str(info.value).startswith("bundle/lm.json: ")
+
+
+@pytest.mark.parametrize("data, problem", [(b"{not json", "not JSON"), (b"[]", "a JSON object"),
+                                           (b" " * (MAX_LM_BYTES + 1), "more than")])
+def test_files_that_are_not_a_model_are_refused(data, problem):
+    with pytest.raises(LMError, match=problem):
+        load_lm(data, "bundle/lm.json")
 
 
 def test_a_box_around_no_text_stays_empty(lm):

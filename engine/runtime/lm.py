@@ -22,8 +22,10 @@ Standard library and numpy only: this module ships in every bundle.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+from array import array
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -31,8 +33,9 @@ import numpy as np
 
 LM_FORMAT = 1
 BOS, EOS = "\x02", "\x03"  # line start (padding the first contexts) and line end
-MAX_LM_BYTES = 64 * 1024 * 1024  # a device never parses a bigger file (the flagship's is ~1 MB)
-_CACHE_LIMIT = 500_000  # cached probabilities before the cache starts over (long-running services)
+MAX_LM_BYTES = 64 * 1024 * 1024  # a device never parses a bigger file (the flagship's is ~0.6 MB)
+#: cached probabilities before the cache starts over (~8 MB); 1000 plate lines look up ~45 k
+_CACHE_LIMIT = 65_536
 _NEG = -1e30  # log 0
 
 
@@ -43,38 +46,48 @@ class LMError(ValueError):
 class CharNgram:
     """Interpolated Witten-Bell character n-gram that backs off to uniform, not to unigrams.
 
-    ``counts[h][c]``: how often character ``c`` followed the context ``h`` in the labels, for
-    every context of ``min_context`` to ``order - 1`` characters (lines are padded with ``BOS``
-    at the start and end with ``EOS``).
+    For every context of ``min_context`` to ``order - 1`` characters seen in the labels (lines
+    padded with ``BOS`` at the start, ended with ``EOS``): the characters that followed it and
+    how often. Held flat, not as a dict per context, because a device holds it for as long as
+    it serves: ``contexts[r]`` is row r, its followers ``followers[start[r]:start[r + 1]]`` with
+    their ``counts`` at the same positions (the flagship's 72 k contexts: ~10 MB in memory,
+    where dicts took 25 MB).
     """
 
-    def __init__(self, order: int, min_context: int, charset: str, counts: dict[str, dict[str, int]]):
+    def __init__(self, order: int, min_context: int, charset: str, contexts: Sequence[str],
+                 followers: str, sizes: Sequence[int], counts: Sequence[int]):
         self.order, self.min_context, self.charset = order, min_context, charset
-        self.counts = counts
         self.vocab_size = len(charset) + 1  # + EOS
-        self._totals = {h: (sum(d.values()), len(d)) for h, d in counts.items()}
-        self._cache: dict[tuple[str, str], float] = {}
+        self._row = {h: r for r, h in enumerate(contexts)}
+        self._start = array("l", itertools.accumulate(sizes, initial=0))
+        self._followers = followers
+        self._counts = array("l", counts)
+        self._totals = array("l", (sum(self._counts[a:b]) for a, b in itertools.pairwise(self._start)))
+        self._cache: dict[str, float] = {}  # context + char -> probability
 
     @classmethod
     def fit(cls, texts: Iterable[str], charset: str, order: int = 6, min_context: int = 3) -> CharNgram:
         if not 1 <= min_context < order:
             raise ValueError(f"need 1 <= min_context < order, got min_context={min_context}, order={order}")
-        counts: dict[str, dict[str, int]] = {}
+        table: dict[str, dict[str, int]] = {}
         pad = BOS * (order - 1)
         for text in texts:
             s = pad + text.strip(" ") + EOS
             for i in range(order - 1, len(s)):
                 for k in range(min_context, order):
-                    row = counts.setdefault(s[i - k:i], {})
+                    row = table.setdefault(s[i - k:i], {})
                     row[s[i]] = row.get(s[i], 0) + 1
-        return cls(order, min_context, charset, counts)
+        contexts = sorted(table, key=lambda h: (len(h), h))  # canonical: same labels, same file
+        rows = [sorted(table[h].items()) for h in contexts]
+        return cls(order, min_context, charset, contexts, "".join(c for row in rows for c, _ in row),
+                   [len(row) for row in rows], [n for row in rows for _, n in row])
 
     # ------------------------------------------------------------------ probabilities
 
     def prob(self, context: str, char: str) -> float:
         """P(char | the last order-1 characters of context); context starts with the line."""
         h = (BOS * (self.order - 1) + context)[-(self.order - 1):]
-        key = (h, char)
+        key = h + char
         p = self._cache.get(key)
         if p is None:
             if len(self._cache) >= _CACHE_LIMIT:
@@ -85,11 +98,13 @@ class CharNgram:
     def _interpolated(self, h: str, char: str) -> float:
         p = 1.0 / self.vocab_size
         for k in range(self.min_context, len(h) + 1):  # shortest context first
-            row = self.counts.get(h[len(h) - k:])
-            if row is None:
+            r = self._row.get(h[len(h) - k:])
+            if r is None:
                 break  # a longer context containing an unseen one is unseen too
-            n, types = self._totals[h[len(h) - k:]]
-            p = (row.get(char, 0) + types * p) / (n + types)
+            a, b = self._start[r], self._start[r + 1]
+            i = self._followers.find(char, a, b)
+            seen = self._counts[i] if i >= 0 else 0
+            p = (seen + (b - a) * p) / (self._totals[r] + (b - a))
         return p
 
     def logp(self, context: str, char: str) -> float:
@@ -98,12 +113,19 @@ class CharNgram:
     # ------------------------------------------------------------------ storage
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": LM_FORMAT, "kind": "char-ngram", "order": self.order,
-                "min_context": self.min_context, "charset": self.charset, "counts": self.counts}
+        """Contexts of each length as one string, so a device parses a few long strings and two
+        lists of small integers instead of one object per context."""
+        by_length: dict[str, list[str]] = {}
+        for h in self._row:  # in row order: by length, then text
+            by_length.setdefault(str(len(h)), []).append(h)
+        sizes = [b - a for a, b in itertools.pairwise(self._start)]
+        return {"format": LM_FORMAT, "kind": "char-ngram", "order": self.order, "min_context": self.min_context,
+                "charset": self.charset, "contexts": {k: "".join(v) for k, v in by_length.items()},
+                "followers": self._followers, "sizes": sizes, "counts": self._counts.tolist()}
 
     @classmethod
     def from_json(cls, doc: Any, source: str) -> CharNgram:
-        """Validate a parsed file (every field's type and range) before trusting it."""
+        """Validate a parsed file (every field's type, range and length) before trusting it."""
         if not isinstance(doc, dict):
             raise LMError(f"{source}: expected a JSON object")
         if doc.get("format") != LM_FORMAT or doc.get("kind") != "char-ngram":
@@ -115,19 +137,30 @@ class CharNgram:
                           f"got {order!r}/{min_context!r}")
         if not isinstance(charset, str) or not charset:
             raise LMError(f"{source}: 'charset' must be a non-empty string")
-        counts = doc.get("counts")
-        if not isinstance(counts, dict):
-            raise LMError(f"{source}: 'counts' must be an object {{context: {{char: count}}}}")
-        for h, row in counts.items():
-            if not (min_context <= len(h) < order) or not isinstance(row, dict) or not row or not all(
-                    isinstance(c, str) and len(c) == 1 and isinstance(n, int) and n > 0 for c, n in row.items()):
-                raise LMError(f"{source}: counts[{h!r}] must be a context of {min_context}-{order - 1} "
-                              f"characters mapping single characters to positive counts")
-        return cls(order, min_context, charset, counts)
+        by_length, followers = doc.get("contexts"), doc.get("followers")
+        sizes, counts = doc.get("sizes"), doc.get("counts")
+        if not isinstance(by_length, dict) or not all(
+                isinstance(k, str) and k.isdigit() and min_context <= int(k) < order and isinstance(v, str)
+                and len(v) % int(k) == 0 for k, v in by_length.items()):
+            raise LMError(f"{source}: 'contexts' must map each length from {min_context} to {order - 1} "
+                          "to a string of contexts of that length")
+        contexts = [v[i:i + int(k)] for k, v in sorted(by_length.items(), key=lambda kv: int(kv[0]))
+                    for i in range(0, len(v), int(k))]
+        if not isinstance(followers, str) or not isinstance(sizes, list) or not isinstance(counts, list):
+            raise LMError(f"{source}: 'followers' must be a string, 'sizes' and 'counts' lists")
+        if len(sizes) != len(contexts) or len(counts) != len(followers) or sum(
+                n for n in sizes if isinstance(n, int)) != len(followers):
+            raise LMError(f"{source}: {len(contexts)} contexts, {len(sizes)} sizes, {len(followers)} followers "
+                          f"and {len(counts)} counts do not line up")
+        if not all(isinstance(n, int) and n > 0 for n in itertools.chain(sizes, counts)):
+            raise LMError(f"{source}: 'sizes' and 'counts' must hold positive integers")
+        if len(set(contexts)) != len(contexts):
+            raise LMError(f"{source}: a context is listed twice")
+        return cls(order, min_context, charset, contexts, followers, sizes, counts)
 
 
 def save_lm(lm: CharNgram) -> bytes:
-    """Canonical bytes (sorted keys): the same labels give the same file and bundle hash."""
+    """Canonical bytes: the same labels give the same file and bundle hash."""
     return json.dumps(lm.to_json(), sort_keys=True, separators=(",", ":")).encode()
 
 

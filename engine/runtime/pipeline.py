@@ -48,6 +48,7 @@ from .preprocess import batch_by_width, detector_input, norm_of, recognizer_inpu
 __all__ = [
     "OCRPipeline",
     "batch_by_width",
+    "decode_image",
     "default_bundle_dir",
     "load_image",
     "predict_cli",
@@ -60,10 +61,14 @@ _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     """RGB uint8 in stored pixel order (EXIF ignored, as the data stage's labels are)."""
-    data = np.fromfile(str(path), dtype=np.uint8)
+    return decode_image(np.fromfile(str(path), dtype=np.uint8), str(path))
+
+
+def decode_image(data: np.ndarray, source: str) -> np.ndarray:
+    """``load_image`` of a file's bytes already read (uint8 array); ``source`` names it in errors."""
     img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
     if img is None:
-        raise ValueError(f"{path}: cannot decode image")
+        raise ValueError(f"{source}: cannot decode image")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 

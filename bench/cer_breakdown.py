@@ -2,6 +2,7 @@
 
     python bench/cer_breakdown.py                                   # the flagship's local-cpu build
     python bench/cer_breakdown.py --bundle runs/nameplates/build/local-cpu --count 100 --seed 777001
+    python bench/cer_breakdown.py --decoder greedy          # without the bundle's language model
 
 ``bench/peer.py`` reports one CER per system (character edits over matched lines / ground-truth
 characters). That number mixes three causes, and each needs a different fix:
@@ -167,6 +168,8 @@ def main() -> int:
                     help="bundle directory or its stage directory (default: the flagship's local-cpu "
                          "build, which keeps every precision)")
     ap.add_argument("--precision", nargs="*", help="candidates to score (default: all in the bundle)")
+    ap.add_argument("--decoder", choices=("greedy",),
+                    help="read with greedy CTC instead of the bundle's language model (the same models)")
     ap.add_argument("--count", type=int, default=100, help="held-out images")
     ap.add_argument("--seed", type=int, default=424242, help="never a training seed")
     ap.add_argument("--data", type=Path, help="an existing generate_dataset directory (images/, gt/)")
@@ -194,7 +197,7 @@ def main() -> int:
         paths = heldout_images(Path(tmp), args.data, args.count, args.seed)
         gts = heldout_truths(paths)
         images = [load_image(p) for p in paths]
-        results = {p: breakdown(OCRPipeline(bundle, p, threads=args.threads), images, gts)
+        results = {p: breakdown(OCRPipeline(bundle, p, threads=args.threads, decoder=args.decoder), images, gts)
                    for p in precisions}
         peer = rapid_oracle(images, gts, args.threads) if args.rapid else None
 
@@ -217,7 +220,7 @@ def main() -> int:
                              for b in r["oracle_by_height"] if b["lines"]) for p, r in results.items()))
     report = {"bundle": str(bundle), "images": len(paths),
               "seed": None if args.data else args.seed, "data": str(args.data) if args.data else "generated",
-              "threads": args.threads, "results": results, "rapidocr_oracle": peer, "seconds": round(time.time() - started, 1)}
+              "threads": args.threads, "decoder": args.decoder or "the bundle's", "results": results, "rapidocr_oracle": peer, "seconds": round(time.time() - started, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, report)
     print(f"wrote {args.out}")

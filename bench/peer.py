@@ -320,6 +320,8 @@ def main() -> int:
                     help="bundle directory or its stage directory (default: the flagship's verified "
                          "local-cpu bundle, what ship installs)")
     ap.add_argument("--precision", help="bundle candidate (default: the manifest's active one)")
+    ap.add_argument("--decoder", choices=("greedy",),
+                    help="read with greedy CTC instead of the bundle's language model (the same models)")
     ap.add_argument("--count", type=int, default=100, help="held-out images")
     ap.add_argument("--seed", type=int, default=424242, help="never a training seed")
     ap.add_argument("--data", type=Path,
@@ -354,7 +356,7 @@ def main() -> int:
                  "another (default 424242)")
     bundle = resolve_bundle(args.bundle)
     cv2.setNumThreads(args.threads)
-    pipe = OCRPipeline(bundle, args.precision, threads=args.threads)
+    pipe = OCRPipeline(bundle, args.precision, threads=args.threads, decoder=args.decoder)
     rapid, skipped = (None, "--no-rapid given") if args.no_rapid else start_rapid(
         args.rapid_python, args.threads)
     if rapid is None:
@@ -400,7 +402,7 @@ def main() -> int:
           f"threads each, whitespace-insensitive text")
     print(f"{'system':22s} {'line_acc':>8s} {'matched':>8s} {'lenient':>8s} {'cer':>7s} "
           f"{'hmean':>7s} {'p50 ms':>9s} {'p90 ms':>9s}")
-    print(_row(f"project ({pipe.precision})", results["project"]))
+    print(_row(f"project ({pipe.precision}{', greedy' if args.decoder else ''})", results["project"]))
     verdict: dict[str, Any] = {"goal": f"line_acc >= RapidOCR's + {ACCURACY_MARGIN}, CER <= "
                                        f"{CER_GOAL}x RapidOCR's, median latency <= "
                                        f"{LATENCY_GOAL}x RapidOCR's"}
@@ -431,6 +433,8 @@ def main() -> int:
         "text_comparison": "whitespace-insensitive exact match; lenient = + NFKC + casefold",
         "iou_thresh": 0.5,
         "bundle": {"path": str(bundle), "precision": pipe.precision, "backend": pipe.backend,
+                   "decoder": (pipe.rec_cfg.get("decoder") or {}).get("type", "greedy") if args.decoder is None
+                   else args.decoder,
                    "target": manifest.get("target"), "bundle_hash": manifest.get("bundle_hash")},
         "rapidocr": rapid_info,
         "results": results, "verdict": verdict,

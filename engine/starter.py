@@ -25,6 +25,9 @@ models:
   detector: {{arch: ppocrv6, input_size: 512, train_size: 384, init: base, gap_weight: 10}}
   recognizer: {{arch: ppocrv6, height: 32, max_width: 640, init: base}}
   postprocess: {{thresh: 0.3, box_thresh: 0.6, unclip_ratio: 1.5}}
+  # Read with a character n-gram of your labels (their keys, units, formats) in a CTC beam search;
+  # contexts it never saw leave the recognizer's reading alone. greedy: without it.
+  decoder: {{type: lm}}
 
 train:
   epochs: 2                            # 0 ships the pretrained models as they are (zero-shot)

@@ -47,7 +47,8 @@ from engine.training.metrics import edit_distance, score_predictions
 pytest_plugins = ["sshd"]  # the plain x86 sshd for the "arm64 bundle, x86 host" refusal
 
 # PP-OCRv6 small as the flagship ships it (detector read at 512 px, recognizer at height 32 with
-# the backbone at 0.05x the lr, 7-bit weights, percentile calibration for the recognizer), at a
+# the backbone at 0.05x the lr, read with the language model of the labels, 7-bit weights,
+# percentile calibration for the recognizer), at a
 # test's size. The pretrained detector as it is (`epochs: 0`); the recognizer gets 8 steps of
 # fine-tuning because its pretrained weights read lines 48 px high: height 32 is what the flagship
 # ships, and under qemu, where the recognizer dominates the device's time, fp32 at 48 cost 3-4x as
@@ -70,6 +71,7 @@ dataset:
 models:
   detector: {arch: ppocrv6, input_size: 512, init: base}
   recognizer: {arch: ppocrv6, height: 32, max_width: 320, init: base}
+  decoder: {type: lm}
 train:
   detector: {epochs: 0}
   recognizer: {epochs: 1, steps_per_epoch: 8, batch_size: 16, lr: 5.0e-4, backbone_lr: 0.05}

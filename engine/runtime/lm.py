@@ -14,7 +14,7 @@ towards what it did see. So the n-gram only speaks from a context of at least ``
 characters that the training labels contain: below that, and wherever a context was never seen,
 it backs off to a uniform distribution instead of to character frequencies (interpolated
 Witten-Bell smoothing above). On plates whose every letter and digit was replaced at random,
-the flagship's int8 recognizer lost 0.4 point with the model and 9 points with the classic
+the flagship's int8 recognizer lost 0.5 point with the model and 8.7 points with the classic
 backoff to unigrams (README: A language model of your labels).
 
 Standard library and numpy only: this module ships in every bundle.
@@ -33,7 +33,7 @@ import numpy as np
 
 LM_FORMAT = 1
 BOS, EOS = "\x02", "\x03"  # line start (padding the first contexts) and line end
-MAX_LM_BYTES = 64 * 1024 * 1024  # a device never parses a bigger file (the flagship's is ~0.6 MB)
+MAX_LM_BYTES = 64 * 1024 * 1024  # a device never parses a bigger file (the flagship's is 0.9 MB)
 #: cached probabilities before the cache starts over (~8 MB); 1000 plate lines look up ~45 k
 _CACHE_LIMIT = 65_536
 _NEG = -1e30  # log 0
@@ -189,16 +189,16 @@ def ctc_lm_decode(logp: np.ndarray, charset: str, lm: CharNgram, *, weight: floa
     acoustic + ``weight`` · LM + ``length_bonus`` · characters, by prefix beam search.
 
     A reading's acoustic score is its best alignment's (Viterbi), as greedy decoding's is, not
-    the sum over alignments: on a flat output (a box around no text) the sum favours long
-    readings, because they have more alignments, and the search read a blank window as
-    `BDCABDCA...`; the best alignment leaves it empty. On real lines the two read the same
-    (ground-truth crops of 4 plate sets: within one line of each other).
+    the sum over alignments: on a flat output the sum favours long readings, because they have
+    more alignments (a weak test model read a one-letter box as `BDCABDBDCAAA`); the best
+    alignment does not. On real lines the two read the same (ground-truth crops of 4 plate
+    sets: within one line of each other).
 
     Only classes with log-probability above ``prune`` at a frame are extended (a reading the
     recognizer gives under 0.25 % is never considered, whatever the language model prefers;
-    -8 instead read the same lines 1.5x slower), and
-    frames whose blank is nearly certain or the only class left only carry the beams over: a
-    third of the frames are such, which keeps a line to about a quarter of a millisecond. Leading spaces cost and count nothing in the language
+    -8 read the same lines 1.5x slower), and frames whose blank is nearly certain or the only
+    class left only carry the beams over: a third of the frames are such, which keeps a line to
+    about a quarter of a millisecond. Leading spaces cost and count nothing in the language
     model (greedy decoding strips them too).
     """
     lp = np.asarray(logp, dtype=np.float64)

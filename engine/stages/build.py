@@ -2,9 +2,10 @@
 
 int8 (static QDQ calibrated on real training images, guarded on val: engine/compress/int8.py)
 for onnxruntime targets that run int8 or ``auto``; fp16 plus a TensorRT build plan for Jetsons
-(the engines are built on the device, at ship time); fp32 always. The bundle (engine/deploy/
-bundle.py) records the recipe fields, profile and upstream models it was built from as
-``recipe.key``: this stage's rerun key, so a bundle names exactly what it depends on.
+(the engines are built on the device, at ship time); fp32 always; with ``models.decoder.type:
+lm``, the character n-gram of the training labels that the device reads lines with. The bundle
+(engine/deploy/bundle.py) records the recipe fields, profile and upstream models it was built
+from as ``recipe.key``: this stage's rerun key, so a bundle names exactly what it depends on.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ reads every labelled line's ground-truth crop through the device runtime
   and letter/digit kept, punctuation and spaces kept), so that no key, unit or word of the labels
   survives: the worst case for a language model of them.
 
-Prints a table and writes bench/results/unseen_text.json (atomically).
+Line accuracy exact and whitespace-insensitive, and CER. Prints a table and writes
+bench/results/unseen_text.json (atomically).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from unseen_fonts import score  # noqa: E402  (exact and whitespace-insensitive line accuracy, CER)
 
 from engine.compress import atomic_write_bytes  # noqa: E402
 
@@ -72,13 +76,6 @@ def crops_of(count: int, seed: int, charset: str) -> list[tuple[np.ndarray, str]
     return out
 
 
-def score(texts: list[str], truth: list[str]) -> dict[str, float]:
-    from engine.training.metrics import recognition_metrics
-
-    m = recognition_metrics(texts, truth)
-    return {"line_accuracy": round(m["whitespace_insensitive_accuracy"], 4), "cer": round(m["cer"], 4)}
-
-
 def main(argv: list[str] | None = None) -> int:
     from engine.runtime.pipeline import OCRPipeline
 
@@ -109,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
                        **score(texts, [t for _, t in pairs])}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    print(f"\n{'set':<10} {'precision':<9} {'decoder':<7} {'lines':>6} {'line acc':>9} {'CER':>7}")
+    print(f"\n{'set':<10} {'precision':<9} {'decoder':<7} {'lines':>6} {'exact':>7} {'no space':>9} {'CER':>7}")
     for r in rows:
         print(f"{r['set']:<10} {r['precision']:<9} {r['decoder']:<7} {r['lines']:>6} "
-              f"{r['line_accuracy']:>9.4f} {r['cer']:>7.4f}")
+              f"{r['line_accuracy']:>7.4f} {r['no_space']:>9.4f} {r['cer']:>7.4f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out, json.dumps({"rows": rows, "count": args.count, "seed": args.seed,
                                              "bundle": str(bundle), "decoder": manifest["recognizer"]["decoder"]},

@@ -63,7 +63,7 @@ class CharNgram:
         self._followers = followers
         self._counts = array("l", counts)
         self._totals = array("l", (sum(self._counts[a:b]) for a, b in itertools.pairwise(self._start)))
-        self._cache: dict[str, float] = {}  # context + char -> probability
+        self._cache: dict[str, float] = {}  # context + char -> log-probability
 
     @classmethod
     def fit(cls, texts: Iterable[str], charset: str, order: int = 6, min_context: int = 3) -> CharNgram:
@@ -84,16 +84,19 @@ class CharNgram:
 
     # ------------------------------------------------------------------ probabilities
 
-    def prob(self, context: str, char: str) -> float:
-        """P(char | the last order-1 characters of context); context starts with the line."""
+    def logp(self, context: str, char: str) -> float:
+        """log P(char | the last order-1 characters of context); context starts with the line."""
         h = (BOS * (self.order - 1) + context)[-(self.order - 1):]
         key = h + char
-        p = self._cache.get(key)
-        if p is None:
+        lp = self._cache.get(key)
+        if lp is None:
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
-            p = self._cache[key] = self._interpolated(h, char)
-        return p
+            lp = self._cache[key] = math.log(self._interpolated(h, char))
+        return lp
+
+    def prob(self, context: str, char: str) -> float:
+        return math.exp(self.logp(context, char))
 
     def _interpolated(self, h: str, char: str) -> float:
         p = 1.0 / self.vocab_size
@@ -106,9 +109,6 @@ class CharNgram:
             seen = self._counts[i] if i >= 0 else 0
             p = (seen + (b - a) * p) / (self._totals[r] + (b - a))
         return p
-
-    def logp(self, context: str, char: str) -> float:
-        return math.log(self.prob(context, char))
 
     # ------------------------------------------------------------------ storage
 
@@ -204,41 +204,48 @@ def ctc_lm_decode(logp: np.ndarray, charset: str, lm: CharNgram, *, weight: floa
     lp = np.asarray(logp, dtype=np.float64)
     keep = lp > prune
     # frames where nothing but a blank is plausible only move every beam's mass to "ends in blank"
-    carry = (lp[:, 0] > blank_certain) | ~keep[:, 1:].any(axis=1)
+    carry = ((lp[:, 0] > blank_certain) | ~keep[:, 1:].any(axis=1)).tolist()
+    frames, classes = np.nonzero(keep)
+    cuts = np.searchsorted(frames, np.arange(1, len(lp))).tolist()
+    candidates = [c.tolist() for c in np.split(classes, cuts)]
     beams: dict[str, list[float]] = {"": [0.0, _NEG, 0.0]}  # prefix -> [ends in blank, in a char, LM]
-    for row, candidates, blank_only in zip(lp.tolist(), keep, carry.tolist(), strict=True):
+
+    def rank(item: tuple[str, list[float]]) -> float:
+        p, (pb, pnb, s) = item
+        return (pb if pb > pnb else pnb) + weight * s + length_bonus * len(p)
+
+    for row, cands, blank_only in zip(lp.tolist(), candidates, carry, strict=True):
         if blank_only:
             for v in beams.values():
-                v[0], v[1] = max(v[0], v[1]) + row[0], _NEG
+                v[0], v[1] = (v[0] if v[0] > v[1] else v[1]) + row[0], _NEG
             continue
         nxt: dict[str, list[float]] = {}
-        for c in np.flatnonzero(candidates).tolist():
+        for c in cands:
             pc = row[c]
             for prefix, (pb, pnb, lm_score) in beams.items():
+                best = pb if pb > pnb else pnb
                 if c == 0:
                     e = nxt.setdefault(prefix, [_NEG, _NEG, lm_score])
-                    e[0] = max(e[0], max(pb, pnb) + pc)
+                    if best + pc > e[0]:
+                        e[0] = best + pc
                     continue
                 ch = charset[c - 1]
                 grown = prefix + ch
                 if prefix and prefix[-1] == ch:  # a repeat collapses unless a blank separates it
                     e = nxt.setdefault(prefix, [_NEG, _NEG, lm_score])
-                    e[1] = max(e[1], pnb + pc)
+                    if pnb + pc > e[1]:
+                        e[1] = pnb + pc
                     from_prefix = pb + pc
                 else:
-                    from_prefix = max(pb, pnb) + pc
+                    from_prefix = best + pc
                 g = nxt.get(grown)
                 if g is None:
                     context = prefix.lstrip(" ")
                     step = 0.0 if (ch == " " and not context) else lm.logp(context, ch)
                     g = nxt[grown] = [_NEG, _NEG, lm_score + step]
-                g[1] = max(g[1], from_prefix)
-
-        def rank(item: tuple[str, list[float]]) -> float:
-            p, (pb, pnb, s) = item
-            return max(pb, pnb) + weight * s + length_bonus * len(p)
-
-        beams = dict(sorted(nxt.items(), key=rank, reverse=True)[:beam])
+                if from_prefix > g[1]:
+                    g[1] = from_prefix
+        beams = nxt if len(nxt) <= beam else dict(sorted(nxt.items(), key=rank, reverse=True)[:beam])
 
     def final(item: tuple[str, list[float]]) -> float:
         p, (pb, pnb, s) = item

@@ -113,14 +113,15 @@ def run_check(bundle: Path, precision: str | None = None, limit: int | None = No
         names = names[: max(0, limit)]
     # the files' bytes, decoded one at a time outside the timer: 40 decoded 640x480 images held
     # at once were 37 MB of the peak RSS this check reports against the device's budget
-    encoded = [(name, np.fromfile(str(bundle / "val" / name), dtype=np.uint8)) for name in names]
+    paths = [bundle / "val" / name for name in names]
+    encoded = [np.fromfile(str(path), dtype=np.uint8) for path in paths]
     predictions: list[dict[str, Any]] = []
     samples: list[float] = []
     if encoded:
-        pipe.predict(decode_image(encoded[0][1], encoded[0][0]))  # warm-up: first-run allocations
+        pipe.predict(decode_image(encoded[0], str(paths[0])))  # warm-up: first-run allocations
     for r in range(max(1, runs)):
-        for name, data in encoded:
-            image = decode_image(data, str(bundle / "val" / name))
+        for name, path, data in zip(names, paths, encoded, strict=True):
+            image = decode_image(data, str(path))
             t0 = time.perf_counter()
             lines = pipe.predict(image)
             samples.append((time.perf_counter() - t0) * 1000.0)

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from .postprocess import ctc_greedy_decode, looks_like_probs
+
 LM_FORMAT = 1
 BOS, EOS = "\x02", "\x03"  # line start (padding the first contexts) and line end
 MAX_LM_BYTES = 64 * 1024 * 1024  # a device never parses a bigger file (the flagship's is 0.9 MB)
@@ -270,8 +272,6 @@ class LMDecoder:
 
     def __call__(self, logits: np.ndarray, charset: str,
                  lengths: Sequence[int] | None = None) -> list[tuple[str, float]]:
-        from .postprocess import ctc_greedy_decode, looks_like_probs
-
         x = np.asarray(logits, dtype=np.float32)
         if x.ndim == 2:
             x = x[None]

@@ -75,6 +75,11 @@ class TargetProfile(Strict):
     precision: Literal["int8", "fp16", "fp32", "auto"]
     transport: Literal["local", "ssh"] = "ssh"
     threads: int = Field(ge=1, le=256)
+    spin_threads: bool = Field(
+        False,
+        description="let onnxruntime's worker threads busy-wait between operators (its default). "
+                    "Off: the detector's and the recognizer's thread pools then stop taking turns "
+                    "on the same cores (README: Latency)")
     providers: list[str] = ["CPUExecutionProvider"]
     detector: DetectorInput = DetectorInput()
     recognizer: RecognizerInput = RecognizerInput()

@@ -107,6 +107,7 @@ def test_int8_targets_of_one_run_share_the_calibration(finished):
     for target in ("local-cpu", "rpi4"):
         manifest = json.loads(Path(finished.run_dir, "build", target, "bundle", "manifest.json").read_text())
         assert manifest["int8_guard"]["detector"]["calibration"]["method"] == "minmax"
+        assert manifest["spin_threads"] is False  # the built-in profiles' default
 
 
 def test_int8_detector_guard_scores_the_int8_pair(finished):

@@ -186,11 +186,13 @@ def test_user_profile_from_recipe_dir_and_env(tmp_path, monkeypatch):
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     (profiles / "gateway.yaml").write_text(
-        "arch: x86_64\nruntime: onnxruntime\nprecision: fp32\nthreads: 4\n"
+        "arch: x86_64\nruntime: onnxruntime\nprecision: fp32\nthreads: 4\nspin_threads: true\n"
     )
     recipe = tmp_path / "r.yaml"
     recipe.write_text(BASE + f"profiles: [{profiles}]\ntargets: [gateway]\n")
-    assert load_recipe(recipe).profiles["gateway"].threads == 4
+    gateway = load_recipe(recipe).profiles["gateway"]
+    assert gateway.threads == 4 and gateway.spin_threads
+    assert not load_profiles()["local-cpu"].spin_threads  # off unless a profile asks
     recipe.write_text(BASE + "targets: [gateway]\n")
     with pytest.raises(ConfigError, match="unknown target 'gateway'"):
         load_recipe(recipe)

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -159,6 +160,28 @@ def test_batching_by_width_matches_one_by_one(hand_bundle):
     assert np.allclose([s for _, s in a], [s for _, s in b], atol=1e-5)
     assert batch_by_width([30, 10, 20, 10], 2) == [[1, 3], [2, 0]]
     assert batch_by_width([], 4) == [] and batch_by_width([5], 0) == [[0]]
+
+
+def test_worker_threads_spin_only_when_the_manifest_says_so(hand_bundle, tmp_path):
+    """onnxruntime's busy-waiting workers are off unless the target profile turns them on
+    (``spin_threads``): the detector's and the recognizer's pools share the device's cores."""
+    def spinning(pipe: OCRPipeline) -> list[str]:
+        return [m.session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning") for m in (pipe.detector, pipe.recognizer)]
+
+    img, text = _plate()
+    quiet = OCRPipeline(hand_bundle)
+    assert "spin_threads" not in quiet.manifest and spinning(quiet) == ["0", "0"]
+    manifest = json.loads((hand_bundle / "manifest.json").read_text())
+    spun = tmp_path / "spun"
+    shutil.copytree(hand_bundle, spun)
+    (spun / "manifest.json").write_text(json.dumps({**manifest, "spin_threads": True}))
+    busy = OCRPipeline(spun, verify=False)
+    assert spinning(busy) == ["1", "1"]
+    assert "".join(line["text"] for line in busy.predict(img)) == text
+    assert busy.predict(img) == quiet.predict(img)
+    assert spinning(OCRPipeline(spun, verify=False, spin_threads=False)) == ["0", "0"]
+    assert spinning(OCRPipeline(hand_bundle, spin_threads=True)) == ["1", "1"]
 
 
 def test_language_model_bundle_reads_with_it_and_guards_its_file(tmp_path):

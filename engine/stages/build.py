@@ -216,7 +216,7 @@ def run(ctx: StageContext) -> StageResult:
         target=target, arch=profile.arch,
         recipe={"name": ctx.recipe.name, "key": ctx.key},
         val_records=records(ctx, "val"), val_limit=ctx.recipe.verify.samples or BUNDLE_VAL_IMAGES,
-        extra_files=extra_files, extra_meta={**extra_meta, "exclusions": list(q.exclude), "int8_guard": guard,
+        extra_files=extra_files, extra_meta={**extra_meta, "spin_threads": profile.spin_threads, "exclusions": list(q.exclude), "int8_guard": guard,
                                              "built_on": platform.machine()},
     )
     shutil.rmtree(work, ignore_errors=True)

@@ -118,6 +118,8 @@ def test_decoder_keeps_greedy_confidence_and_each_rows_length(lm):
         assert [t for t, _ in out] == ["MODEL", "MO"]
         assert [c for _, c in out] == pytest.approx([c for _, c in greedy])
     assert dec(batch, CHARSET, lengths=[0, 0]) == [("", 0.0), ("", 0.0)]
+    both = dec.with_greedy(batch, CHARSET, lengths=[len(probs), short])
+    assert [(t, g) for t, _, g in both] == [("MODEL", "M0DEL"), ("MO", "M0")]
 
 
 def test_file_round_trip_is_canonical(lm):

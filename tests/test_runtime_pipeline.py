@@ -194,6 +194,13 @@ def test_language_model_bundle_reads_with_it_and_guards_its_file(tmp_path):
     assert isinstance(pipe.decode, LMDecoder)
     assert "".join(line["text"] for line in pipe.predict(img)) == expected
     assert OCRPipeline(bundle, decoder="greedy").decode is ctc_greedy_decode
+    # runtime.check's view: both readings of each line from one recognizer pass
+    both = OCRPipeline(bundle, greedy_alongside=True).predict(img)
+    plain = OCRPipeline(bundle, decoder="greedy").predict(img)
+    assert [ln["greedy_text"] for ln in both] == [ln["text"] for ln in plain]
+    assert [ln["text"] for ln in both] == [ln["text"] for ln in pipe.predict(img)]
+    assert all("greedy_text" not in ln for ln in
+               OCRPipeline(bundle, decoder="greedy", greedy_alongside=True).predict(img))
     with pytest.raises(BundleError, match="unknown type 'beam'"):
         OCRPipeline(bundle, decoder="beam")
     lm_file = bundle / "lm.json"

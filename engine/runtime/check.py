@@ -5,6 +5,7 @@ Prints ONE JSON object on stdout::
 
     {"bundle_hash", "target", "precision", "backend",
      "predictions": [{"image": "x.jpg", "lines": [{"points", "text", "score", ...}]}],
+     (+ "greedy_text" in each line when the bundle reads with a language model)
      "latency_ms": {"p50", "p90", "mean", "min", "max", "runs"},
      "peak_rss_mb", "versions": {python, onnxruntime, numpy, cv2, pyclipper, machine}}
 
@@ -106,7 +107,7 @@ def run_check(bundle: Path, precision: str | None = None, limit: int | None = No
 
     from .pipeline import OCRPipeline, decode_image
 
-    pipe = OCRPipeline(bundle, precision=precision, threads=threads, verify=False)
+    pipe = OCRPipeline(bundle, precision=precision, threads=threads, verify=False, greedy_alongside=True)
     val = pipe.manifest.get("val") or {}
     names = val_images(bundle, val.get("labels"))
     if limit is not None:

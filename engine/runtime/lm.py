@@ -272,18 +272,24 @@ class LMDecoder:
 
     def __call__(self, logits: np.ndarray, charset: str,
                  lengths: Sequence[int] | None = None) -> list[tuple[str, float]]:
+        return [(text, conf) for text, conf, _ in self.with_greedy(logits, charset, lengths)]
+
+    def with_greedy(self, logits: np.ndarray, charset: str,
+                    lengths: Sequence[int] | None = None) -> list[tuple[str, float, str]]:
+        """(text, confidence, greedy CTC's text) of each row: the greedy reading comes free with
+        the search, so verify can hold the language model to it on val (engine/stages/verify.py)."""
         x = np.asarray(logits, dtype=np.float32)
         if x.ndim == 2:
             x = x[None]
         is_probs = looks_like_probs(x)  # decided for the batch, as greedy decides it
         greedy = ctc_greedy_decode(x, charset, lengths=lengths, is_probs=is_probs)
         out = []
-        for i, (_, conf) in enumerate(greedy):
+        for i, (plain, conf) in enumerate(greedy):
             t = x.shape[1] if lengths is None else max(0, min(int(lengths[i]), x.shape[1]))
             if t == 0:
-                out.append(("", conf))
+                out.append(("", conf, plain))
                 continue
             lp = np.log(np.clip(x[i, :t], 1e-30, None)) if is_probs else log_softmax(x[i, :t])
             out.append((ctc_lm_decode(lp.astype(np.float64), charset, self.lm, weight=self.weight,
-                                      length_bonus=self.length_bonus, beam=self.beam), conf))
+                                      length_bonus=self.length_bonus, beam=self.beam), conf, plain))
         return out

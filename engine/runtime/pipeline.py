@@ -81,10 +81,11 @@ def default_bundle_dir() -> Path | None:
 def read_lines(
     run: Any, crops: Sequence[np.ndarray], charset: str, *, height: int, max_width: int, batch: int,
     max_padding: float, downsample: int, norm: dict[str, Any], decode: Any = ctc_greedy_decode,
-) -> list[tuple[str, float]]:
+) -> list[tuple[Any, ...]]:
     """Texts and confidences of ``crops``, in their order: ``run`` (N×3×H×W -> logits) over
     batches of similar width (``batch_by_width``), ``decode`` (greedy CTC unless given an
-    ``LMDecoder``) limited to each crop's own columns.
+    ``LMDecoder``) limited to each crop's own columns.  Each item is what ``decode`` returns for
+    its row: (text, confidence), + greedy's text from ``LMDecoder.with_greedy``.
 
     The one recognizer loop: the device pipeline and the host's int8 guard both read with it, so
     the guard scores batches made as the target makes them.
@@ -92,7 +93,7 @@ def read_lines(
     if not crops:
         return []
     widths = recognizer_widths(crops, height, max_width)
-    results: list[tuple[str, float]] = [("", 0.0)] * len(crops)
+    results: list[tuple[Any, ...]] = [("", 0.0)] * len(crops)
     for chunk in batch_by_width(widths, batch, max_padding):
         logits = run(recognizer_input([crops[i] for i in chunk], height, max_width, **norm))
         decoded = decode(logits, charset, lengths=[widths[i] // downsample for i in chunk])
@@ -210,7 +211,9 @@ class OCRPipeline:
     manifest's active one), ``threads`` overrides the manifest's intra-op threads, ``verify``
     checks every file's sha256 first (raises BundleError naming the bad file), ``decoder``
     ``"greedy"`` reads without the bundle's language model and ``spin_threads`` overrides the
-    manifest's (benchmarks compare the two)."""
+    manifest's (benchmarks compare the two).  ``greedy_alongside``: with a language model, each
+    predicted line also carries ``greedy_text`` (what greedy CTC read; runtime.check reports it,
+    so verify can compare the two on val at no extra inference)."""
 
     def __init__(
         self,
@@ -220,6 +223,7 @@ class OCRPipeline:
         verify: bool = True,
         decoder: str | None = None,
         spin_threads: bool | None = None,
+        greedy_alongside: bool = False,
     ):
         self.bundle_dir = Path(bundle_dir)
         self.manifest = verify_bundle(self.bundle_dir) if verify else read_manifest(self.bundle_dir)
@@ -243,6 +247,7 @@ class OCRPipeline:
         paths = {k: self.bundle_dir / v for k, v in candidates[self.precision].items()}
         self.detector, self.recognizer = self._load(paths)
         self.decode = self._decoder(decoder)
+        self.greedy_alongside = greedy_alongside and isinstance(self.decode, LMDecoder)
         self.backend = f"{self.runtime}:{','.join(self._provider_names())}"
         log.info("bundle %s precision %s backend %s", self.bundle_dir, self.precision, self.backend)
 
@@ -338,15 +343,16 @@ class OCRPipeline:
                          shrink_ratio=float(shrink) if shrink is not None else None)
         return sort_reading_order(boxes)
 
-    def recognize(self, crops: Sequence[np.ndarray]) -> list[tuple[str, float]]:
-        """Texts and confidences of ``crops``, in their order; batched by resized width."""
+    def recognize(self, crops: Sequence[np.ndarray], decode: Any = None) -> list[tuple[Any, ...]]:
+        """Texts and confidences of ``crops``, in their order; batched by resized width.
+        ``decode``: another decoder for this call (default: the bundle's)."""
         cfg = self.rec_cfg
         return read_lines(self.recognizer.run, crops, self.charset, height=int(cfg["height"]),
                           max_width=int(cfg["max_width"]), batch=int(cfg.get("batch", 8)),
                           # bundles before max_padding padded every batch to its widest crop
                           max_padding=float(cfg.get("max_padding", 1.0)),
                           downsample=int(cfg.get("downsample", 4)),  # input columns per CTC step
-                          norm=norm_of(cfg), decode=self.decode)
+                          norm=norm_of(cfg), decode=decode or self.decode)
 
     def predict(self, image_rgb_uint8: np.ndarray) -> list[dict[str, Any]]:
         """[{"points": [[x, y], ...], "text", "score" (text confidence), "box_score"}] in
@@ -356,18 +362,21 @@ class OCRPipeline:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
         boxes = self.detect(image)
         crops = [crop_polygon(image, pts) for pts, _ in boxes]
-        texts = self.recognize(crops)
+        texts = self.recognize(crops, self.decode.with_greedy if self.greedy_alongside else None)
         min_score = float(self.post_cfg.get("min_text_score", 0.0))
         lines = []
-        for (pts, box_score), (text, score) in zip(boxes, texts, strict=True):
+        for (pts, box_score), (text, score, *greedy) in zip(boxes, texts, strict=True):
             if score < min_score:
                 continue
-            lines.append({
+            line = {
                 "points": [[round(float(x), 2), round(float(y), 2)] for x, y in pts],
                 "text": text,
                 "score": round(float(score), 4),
                 "box_score": round(float(box_score), 4),
-            })
+            }
+            if greedy:
+                line["greedy_text"] = greedy[0]
+            lines.append(line)
         return lines
 
     def timed_predict(self, image_rgb_uint8: np.ndarray) -> tuple[list[dict[str, Any]], float]:

@@ -11,6 +11,13 @@ with int8 only).
 The result is the *verified* bundle: the build's, re-sealed with the measurements, which is what
 ship installs.
 
+A bundle that reads with a language model (``models.decoder.type: lm``) keeps it only if it reads
+at least as many val lines as greedy CTC on the same boxes, summed over the candidates: the
+check reports both readings from one recognizer pass (``greedy_text``), so the comparison costs
+nothing. Otherwise the verified bundle reads greedily, without ``lm.json``, and says why in its
+manifest (``recognizer.decoder.dropped``): a language model of too few labels, or of labels
+unlike the val images, must not ship a loss.
+
 A target of another arch is checked for accuracy only (its latency is the device's business:
 check), in one pass on this host's cores. A candidate already checked for another target of the
 run with the same models and settings is not checked again (engine/deploy/check_cache.py): the
@@ -49,6 +56,7 @@ def run(ctx: StageContext) -> StageResult:
     # one pass on this host's cores (a Pi profile's 4 threads on 2 cores took 2x as long).
     runs, threads = (2, None) if here else (1, min(profile.threads, os.cpu_count() or 1))
     results: dict[str, dict[str, Any]] = {}
+    reports: dict[str, dict[str, Any]] = {}
     # fp32 first: the exported fp32 model (checked against torch at export) is the baseline the
     # reduced precisions are held to; pruning's own loss is reported by the prune stage.
     for precision in sorted(candidates, key=lambda p: p != "fp32"):
@@ -56,10 +64,15 @@ def run(ctx: StageContext) -> StageResult:
             report = cached_check(built, precision, verify.samples, runs, threads, ctx.run.cache_dir, ctx.log)
         except BundleError as exc:
             raise StageFailed(str(exc)) from None
+        reports[precision] = report
         results[precision] = score_predictions(report, labels)
         if "reused" in report:
             results[precision]["reused"] = report["reused"]
         ctx.log.info("verify %s %s: %s", target, precision, results[precision])
+    decoder = _choose_decoder(meta, reports, results, labels)
+    if decoder.get("dropped"):
+        ctx.log.warning("verify %s: the language model reads fewer val lines than greedy CTC "
+                        "(%s); the verified bundle reads greedily", target, decoder["dropped"])
     baseline = results.get("fp32", {}).get("e2e_line_accuracy")
     if baseline is None:
         baseline = ctx.upstream["evaluate"]["metrics"].get("e2e_line_accuracy")
@@ -83,6 +96,9 @@ def run(ctx: StageContext) -> StageResult:
     shutil.copytree(built, tmp)
     if chose and verify.candidates == "chosen":
         _keep_only(tmp, meta, active)
+    if decoder.get("dropped"):
+        (tmp / meta["recognizer"]["decoder"]["file"]).unlink()
+        meta["recognizer"] = {**meta["recognizer"], "decoder": decoder}
     meta.update(
         precision=active,
         verify={"measured_on": platform.machine(), "host_latency_is_device_latency": here, "candidates": results},
@@ -96,7 +112,7 @@ def run(ctx: StageContext) -> StageResult:
     flat = {f"{p}_{k}": v for p, m in results.items() for k, v in m.items() if not isinstance(v, dict)}
     return StageResult(
         outputs=[out / "manifest.json"],
-        metrics={"active": active, **flat},
+        metrics={"active": active, "decoder": decoder["type"], **flat},
         artifacts={f"{target}:verified": {"bundle": str(out), "precision": active}},
         notes=notes,
     )
@@ -113,3 +129,34 @@ def _keep_only(bundle: Path, meta: dict[str, Any], precision: str) -> None:
         if sub.is_dir() and not any(sub.iterdir()):
             sub.rmdir()
     meta["candidates"] = {precision: meta["candidates"][precision]}
+
+
+def _choose_decoder(meta: dict[str, Any], reports: dict[str, dict[str, Any]],
+                    results: dict[str, dict[str, Any]], labels: dict[str, Any]) -> dict[str, Any]:
+    """The recognizer's decoder section for the verified bundle (see the module docstring).
+
+    A greedy bundle keeps its section.  With a language model each candidate is scored on the
+    check's ``greedy_text`` too (``<precision>_greedy_e2e_line_accuracy`` in ``results``); when
+    greedy reads more val lines over all candidates, ``results`` become greedy's and the section
+    returned is greedy, with the language model's settings and both accuracies under
+    ``dropped``.
+    """
+    from ..training.metrics import score_predictions
+
+    spec = meta["recognizer"].get("decoder") or {"type": "greedy"}
+    lines = [ln for r in reports.values() for item in r["predictions"] for ln in item["lines"]]
+    if spec.get("type") != "lm" or not all("greedy_text" in ln for ln in lines):
+        return spec
+    greedy = {p: score_predictions(r, labels, text="greedy_text") for p, r in reports.items()}
+    for p, m in results.items():
+        m["greedy_e2e_line_accuracy"] = greedy[p]["e2e_line_accuracy"]
+    with_lm = sum(m["e2e_line_accuracy"] for m in results.values())
+    without = sum(m["e2e_line_accuracy"] for m in greedy.values())
+    if without <= with_lm + 1e-9:  # ties keep the language model the recipe asked for
+        return spec
+    accuracy = {p: {"lm": results[p]["e2e_line_accuracy"], "greedy": greedy[p]["e2e_line_accuracy"]}
+                for p in results}
+    for p, m in results.items():
+        m.update({k: v for k, v in greedy[p].items() if k.startswith("e2e_")})
+    kept = {k: v for k, v in spec.items() if k not in ("file", "sha256")}
+    return {"type": "greedy", "dropped": {**kept, "val_e2e_line_accuracy": accuracy}}

@@ -330,16 +330,18 @@ def end_to_end_metrics(
     }
 
 
-def score_predictions(report: dict[str, Any], labels: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def score_predictions(report: dict[str, Any], labels: dict[str, list[dict[str, Any]]],
+                      text: str = "text") -> dict[str, Any]:
     """Detection + end-to-end metrics of a device's ``runtime.check`` report against the
     bundle's labels (by image name), with the report's latency and memory: what verify and
-    check hold a bundle to."""
+    check hold a bundle to.  ``text``: the lines' field to score (``greedy_text``: what the
+    same boxes read without the bundle's language model)."""
     gts, dets, e2e = [], [], []
     for item in report["predictions"]:
         lines = item["lines"]
         gts.append(labels[item["image"]])
         dets.append([(ln["points"], ln["score"]) for ln in lines])
-        e2e.append([{"points": ln["points"], "text": ln["text"]} for ln in lines])
+        e2e.append([{"points": ln["points"], "text": ln[text]} for ln in lines])
     metrics: dict[str, Any] = {"images": len(gts)}
     metrics.update({k: v for k, v in detection_metrics(gts, dets).items() if k in ("hmean", "precision", "recall")})
     metrics.update({k: v for k, v in end_to_end_metrics(gts, e2e).items() if k.startswith("e2e_")})

@@ -110,9 +110,9 @@ class _OrtModel:
 
     ``spin``: whether the session's worker threads busy-wait for work between operators
     (onnxruntime's default).  The pipeline runs two sessions in turn, each with its own pool; with
-    spinning the detector's threads keep a core busy while the recognizer runs, and on a 2-core
-    machine the flagship's int8 bundle read a plate in 142-158 ms with it and 108-114 ms without
-    (median of 80 plates, three runs each, ``python bench/peer.py``-style timing).
+    spinning the detector's threads keep a core busy while the recognizer runs: on 2 cores the
+    flagship's int8 bundle read a plate in 145-165 ms with it and 117-125 ms without, the same
+    readings (``python bench/spin_threads.py``).
     """
 
     def __init__(self, path: Path, input_name: str, threads: int, providers: list[Any],

@@ -216,8 +216,8 @@ def run(ctx: StageContext) -> StageResult:
         target=target, arch=profile.arch,
         recipe={"name": ctx.recipe.name, "key": ctx.key},
         val_records=records(ctx, "val"), val_limit=ctx.recipe.verify.samples or BUNDLE_VAL_IMAGES,
-        extra_files=extra_files, extra_meta={**extra_meta, "spin_threads": profile.spin_threads, "exclusions": list(q.exclude), "int8_guard": guard,
-                                             "built_on": platform.machine()},
+        extra_files=extra_files, extra_meta={**extra_meta, "exclusions": list(q.exclude), "int8_guard": guard,
+                                             "built_on": platform.machine(), "spin_threads": profile.spin_threads},
     )
     shutil.rmtree(work, ignore_errors=True)
     archive = pack_bundle(bundle, ctx.run.bundle_archive(ctx.name))

@@ -26,8 +26,9 @@ models:
   recognizer: {{arch: ppocrv6, height: 32, max_width: 640, init: base}}
   postprocess: {{thresh: 0.3, box_thresh: 0.6, unclip_ratio: 1.5}}
   # Read with a character n-gram of your labels (their keys, units, formats) in a CTC beam search;
-  # contexts it never saw leave the recognizer's reading alone. greedy: without it.
-  decoder: {{type: lm}}
+  # contexts it never saw leave the recognizer's reading alone. greedy: without it. split_lines: a
+  # box read as words your labels keep as lines of their own (20+ times; marks like `CE UL`) is split.
+  decoder: {{type: lm, split_lines: 20}}
 
 train:
   epochs: 2                            # 0 ships the pretrained models as they are (zero-shot)

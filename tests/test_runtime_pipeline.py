@@ -35,6 +35,7 @@ from engine.runtime.bundle_manifest import BundleError
 from engine.runtime.lm import CharNgram, LMDecoder, save_lm
 from engine.runtime.pipeline import OCRPipeline, batch_by_width, predict_cli
 from engine.runtime.postprocess import ctc_greedy_decode
+from engine.runtime.split import LineSplitter
 
 LEVELS = {"A": 40, "B": 100, "C": 170, "D": 240}  # G value per letter, R = 255
 CHARSET = "".join(LEVELS)
@@ -55,11 +56,15 @@ def _detector_onnx(path: Path) -> Path:
     return path
 
 
-def _recognizer_onnx(path: Path, height: int = 32, k: float = 5.0) -> Path:
-    classes = len(CHARSET) + 1
+def _recognizer_onnx(path: Path, height: int = 32, k: float = 5.0, space: bool = False) -> Path:
+    """``space``: one more class, a space that beats the blank on black (charset ``CHARSET + " "``),
+    so a box over two letters with black between reads ``"B D"``."""
+    classes = len(CHARSET) + 1 + space
     w = np.zeros((classes, 3, height, 4), np.float32)
     b = np.zeros(classes, np.float32)
     b[0] = k * 0.5  # blank: beats every letter once the window is mostly black
+    if space:
+        b[-1] = k * 0.6
     for c, g in enumerate(LEVELS.values(), start=1):
         theta = np.arctan2(g, 255.0)
         u, v = np.sin(theta), np.cos(theta)  # unit direction in (G, R)
@@ -80,12 +85,16 @@ def _recognizer_onnx(path: Path, height: int = 32, k: float = 5.0) -> Path:
 
 
 def make_hand_bundle(d: Path, name: str = "hand", min_text_score: float = 0.0,
-                     lm_texts: list[str] | None = None) -> Path:
+                     lm_texts: list[str] | None = None, split_words: list[str] | None = None) -> Path:
     """A real bundle around the hand-built ONNX models (also used by the serve/prelabel tests);
-    ``lm_texts``: read with a language model of these lines, as `models.decoder.type: lm` builds."""
+    ``lm_texts``: read with a language model of these lines, as `models.decoder.type: lm` builds;
+    ``split_words``: a recognizer that reads spaces, and `models.decoder.split_lines` of these words."""
+    space = split_words is not None
     models = {"fp32": {"detector": _detector_onnx(d / "det.onnx"),
-                       "recognizer": _recognizer_onnx(d / "rec.onnx")}}
+                       "recognizer": _recognizer_onnx(d / "rec.onnx", space=space)}}
     decoder: dict[str, object] = {"type": "greedy"}
+    if split_words is not None:
+        decoder["split_lines"] = LineSplitter(split_words, [], 1).to_json()
     extra = {}
     if lm_texts is not None:
         data = save_lm(CharNgram.fit(lm_texts, CHARSET, order=4, min_context=1))
@@ -94,7 +103,7 @@ def make_hand_bundle(d: Path, name: str = "hand", min_text_score: float = 0.0,
         decoder = {"type": "lm", "file": "lm.json", "sha256": hashlib.sha256(data).hexdigest(),
                    "weight": 0.3, "length_bonus": 0.6, "beam": 8}
     return build_bundle(
-        d / "bundle", models=models, active="fp32", charset=CHARSET,
+        d / "bundle", models=models, active="fp32", charset=CHARSET + " " * space,
         detector={"input": "input", "max_side": 256},
         recognizer={"input": "input", "height": 32, "max_width": 256, "batch": 2, "max_padding": 1.0,
                     "decoder": decoder},
@@ -214,6 +223,33 @@ def test_language_model_bundle_reads_with_it_and_guards_its_file(tmp_path):
     assert OCRPipeline(plain).decode is ctc_greedy_decode
     with pytest.raises(BundleError, match="no language model"):
         OCRPipeline(plain, decoder="lm")
+
+
+def test_a_box_over_words_the_labels_keep_apart_becomes_one_line_each(tmp_path):
+    """`split_lines`: a red bridge makes the detector box B and D together; the recognizer reads
+    "B D" (black between them is a space), both are whole labels, so two lines come back, each
+    box over its own letter. A reading with a word outside the list stays one line."""
+    img = np.zeros((80, 256, 3), np.uint8)
+    img[20:44, 20:80] = (255, LEVELS["B"], 0)
+    img[20:44, 150:210] = (255, LEVELS["D"], 0)
+    img[31:33, 80:150] = (255, 0, 0)  # thin enough that the recognizer sees black there
+    (tmp_path / "split").mkdir()
+    (tmp_path / "whole").mkdir()
+    bundle = make_hand_bundle(tmp_path / "split", split_words=["B", "D"])
+    whole = make_hand_bundle(tmp_path / "whole", split_words=["B"])  # D is not a word of its own
+    assert [ln["text"] for ln in OCRPipeline(whole).predict(img)] == ["B D"]
+    lines = OCRPipeline(bundle).predict(img)
+    assert [ln["text"] for ln in lines] == ["B", "D"]
+    (b_x0, b_x1), (d_x0, d_x1) = [(min(x for x, _ in ln["points"]), max(x for x, _ in ln["points"]))
+                                  for ln in lines]
+    assert b_x0 <= 22 and 80 <= b_x1 < 150 and 80 < d_x0 <= 152 and d_x1 >= 208
+    assert b_x1 == pytest.approx(d_x0, abs=1)  # cut once, in the gap
+    assert lines[0]["score"] == lines[1]["score"]  # the confidence of the box they came from
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["recognizer"]["decoder"]["split_lines"]["words"] = "B D"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"recognizer\.decoder\.split_lines\.words: not a list"):
+        OCRPipeline(bundle, verify=False)
 
 
 def test_batch_by_width_bounds_padding():

@@ -177,7 +177,7 @@ class DecoderSpec(Strict):
     ``lm``: a character n-gram counted from the training labels, read with a CTC beam search
     (engine/runtime/lm.py). It knows the plates' keys, units and formats, and speaks only from
     contexts of ``min_context`` characters that the labels contain, so text it never saw keeps
-    what the recognizer read.
+    what the recognizer read.  ``split_lines`` works with either type (engine/runtime/split.py).
     """
 
     type: Literal["greedy", "lm"] = Field("greedy", description="greedy CTC, or beam search with a language model of the training labels")
@@ -186,6 +186,11 @@ class DecoderSpec(Strict):
     weight: float = Field(0.3, ge=0, le=5, description="language-model log-probability weight")
     length_bonus: float = Field(0.6, ge=-5, le=5, description="score per character, against the model's bias to short text")
     beam: int = Field(8, ge=1, le=128, description="hypotheses kept per frame")
+    split_lines: int = Field(
+        0, ge=0, le=1_000_000,
+        description="split a reading into one line per word when every word is a whole label at "
+                    "least this many times in the training labels and the reading never is "
+                    "(marks like `CE UL` the detector merged); 0: off")
 
     @model_validator(mode="after")
     def _context_below_order(self) -> DecoderSpec:

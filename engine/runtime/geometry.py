@@ -51,3 +51,13 @@ def crop_polygon(image: np.ndarray, points, rotate_vertical: bool = True) -> np.
     if rotate_vertical and h >= 1.5 * w:
         crop = np.ascontiguousarray(np.rot90(crop))
     return crop
+
+
+def sub_quad(quad: np.ndarray, start: float, end: float) -> np.ndarray:
+    """The part of a reading-order quadrilateral (top-left, top-right, bottom-right,
+    bottom-left) between fractions ``start`` and ``end`` of its length: top and bottom edges cut
+    at the same fractions, as ``crop_polygon``'s columns run."""
+    q = np.asarray(quad, dtype=np.float32).reshape(4, 2)
+    top, bottom = q[1] - q[0], q[2] - q[3]
+    return np.stack([q[0] + start * top, q[0] + end * top,
+                     q[3] + end * bottom, q[3] + start * bottom]).astype(np.float32)

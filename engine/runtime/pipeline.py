@@ -41,9 +41,11 @@ import numpy as np
 import onnxruntime as ort
 
 from .bundle_manifest import BundleError, check_relpath, read_manifest, verify_bundle
+from .geometry import sub_quad
 from .lm import LMDecoder, LMError, load_lm
 from .postprocess import crop_polygon, ctc_greedy_decode, db_boxes, sort_reading_order
 from .preprocess import batch_by_width, detector_input, norm_of, recognizer_input, recognizer_widths
+from .split import LineSplitter, word_spans
 
 __all__ = [
     "OCRPipeline",
@@ -247,6 +249,7 @@ class OCRPipeline:
         paths = {k: self.bundle_dir / v for k, v in candidates[self.precision].items()}
         self.detector, self.recognizer = self._load(paths)
         self.decode = self._decoder(decoder)
+        self.splitter = self._splitter()
         self.greedy_alongside = greedy_alongside and isinstance(self.decode, LMDecoder)
         self.backend = f"{self.runtime}:{','.join(self._provider_names())}"
         log.info("bundle %s precision %s backend %s", self.bundle_dir, self.precision, self.backend)
@@ -277,6 +280,25 @@ class OCRPipeline:
             raise BundleError(source, f"recognizer.decoder has no {exc}") from None
         except (OSError, LMError) as exc:
             raise BundleError(source, f"recognizer.decoder: {exc}") from None
+
+    def _splitter(self) -> LineSplitter | None:
+        """The decoder section's ``split_lines`` (engine/runtime/split.py), if the build wrote one."""
+        doc = (self.rec_cfg.get("decoder") or {}).get("split_lines")
+        if doc is None:
+            return None
+        try:
+            return LineSplitter.from_json(doc)
+        except ValueError as exc:
+            raise BundleError(self.bundle_dir / "manifest.json", f"recognizer.decoder.{exc}") from None
+
+    def _word_spans(self, crop: np.ndarray, count: int) -> list[tuple[float, float]] | None:
+        """Where each of ``count`` words lies along ``crop`` (fractions of its width), from the
+        recognizer's best path over the crop alone; None if it does not read ``count`` words."""
+        cfg = self.rec_cfg
+        height, max_width = int(cfg["height"]), int(cfg["max_width"])
+        steps = recognizer_widths([crop], height, max_width)[0] // int(cfg.get("downsample", 4))
+        logits = self.recognizer.run(recognizer_input([crop], height, max_width, **norm_of(cfg)))
+        return word_spans(logits[0, :steps].argmax(axis=1), self.charset.find(" ") + 1, count)
 
     def _provider_names(self) -> list[str]:
         names = []
@@ -356,7 +378,8 @@ class OCRPipeline:
 
     def predict(self, image_rgb_uint8: np.ndarray) -> list[dict[str, Any]]:
         """[{"points": [[x, y], ...], "text", "score" (text confidence), "box_score"}] in
-        reading order, lines below ``min_text_score`` dropped."""
+        reading order, lines below ``min_text_score`` dropped.  With the decoder's
+        ``split_lines``, a box read as words the labels keep apart becomes one line per word."""
         image = np.asarray(image_rgb_uint8)
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
@@ -365,18 +388,26 @@ class OCRPipeline:
         texts = self.recognize(crops, self.decode.with_greedy if self.greedy_alongside else None)
         min_score = float(self.post_cfg.get("min_text_score", 0.0))
         lines = []
-        for (pts, box_score), (text, score, *greedy) in zip(boxes, texts, strict=True):
+        for (pts, box_score), crop, (text, score, *greedy) in zip(boxes, crops, texts, strict=True):
             if score < min_score:
                 continue
-            line = {
-                "points": [[round(float(x), 2), round(float(y), 2)] for x, y in pts],
-                "text": text,
-                "score": round(float(score), 4),
-                "box_score": round(float(box_score), 4),
-            }
-            if greedy:
-                line["greedy_text"] = greedy[0]
-            lines.append(line)
+            parts = [(pts, text, greedy[0] if greedy else None)]
+            words = self.splitter.parts(text) if self.splitter is not None else None
+            if words and " " in self.charset and crop.shape[1] >= crop.shape[0]:  # not turned
+                spans = self._word_spans(crop, len(words))
+                plain = greedy[0].split(" ") if greedy else [None] * len(words)
+                if spans and len(plain) == len(words):
+                    parts = [(sub_quad(pts, a, b), w, g) for (a, b), w, g in zip(spans, words, plain, strict=True)]
+            for quad, part, plain_part in parts:
+                line = {
+                    "points": [[round(float(x), 2), round(float(y), 2)] for x, y in quad],
+                    "text": part,
+                    "score": round(float(score), 4),
+                    "box_score": round(float(box_score), 4),
+                }
+                if plain_part is not None:
+                    line["greedy_text"] = plain_part
+                lines.append(line)
         return lines
 
     def timed_predict(self, image_rgb_uint8: np.ndarray) -> tuple[list[dict[str, Any]], float]:

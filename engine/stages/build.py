@@ -136,15 +136,19 @@ def _tensorrt_plans(ctx: StageContext, work: Path) -> tuple[dict[str, Any], dict
 def _decoder(ctx: StageContext, work: Path, charset: str) -> tuple[dict[str, Any], dict[str, Path]]:
     """The manifest's ``recognizer.decoder`` and its files: for ``lm``, the character n-gram of
     the training labels (engine/runtime/lm.py), whose sha256 the manifest section carries, so
-    the verify cache's key and an unverified pipeline both see a changed model."""
+    the verify cache's key and an unverified pipeline both see a changed model; with
+    ``split_lines``, the words the labels keep as lines of their own (engine/runtime/split.py)."""
+    from ..runtime.split import LineSplitter
+
     dec = ctx.recipe.models.decoder
+    texts = [ln.text for r in records(ctx, "train") for ln in r.lines if not ln.ignore and ln.text]
+    split = {"split_lines": LineSplitter.fit(texts, dec.split_lines).to_json()} if dec.split_lines else {}
     if dec.type == "greedy":
-        return {"type": "greedy"}, {}
+        return {"type": "greedy", **split}, {}
     import hashlib
 
     from ..runtime.lm import CharNgram, save_lm
 
-    texts = [ln.text for r in records(ctx, "train") for ln in r.lines if not ln.ignore and ln.text]
     if not texts:
         raise StageFailed("models.decoder.type is lm, but the training split has no labelled text to count")
     data = save_lm(CharNgram.fit(texts, charset, dec.order, dec.min_context))
@@ -152,7 +156,7 @@ def _decoder(ctx: StageContext, work: Path, charset: str) -> tuple[dict[str, Any
     path.write_bytes(data)
     return ({"type": "lm", "file": LM_FILE, "sha256": hashlib.sha256(data).hexdigest(), "order": dec.order,
              "min_context": dec.min_context, "weight": dec.weight, "length_bonus": dec.length_bonus,
-             "beam": dec.beam, "lines": len(texts)}, {LM_FILE: path})
+             "beam": dec.beam, "lines": len(texts), **split}, {LM_FILE: path})
 
 
 def _manifest_inputs(inputs: dict[str, Any]) -> dict[str, Any]:

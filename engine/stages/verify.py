@@ -158,5 +158,6 @@ def _choose_decoder(meta: dict[str, Any], reports: dict[str, dict[str, Any]],
                 for p in results}
     for p, m in results.items():
         m.update({k: v for k, v in greedy[p].items() if k.startswith("e2e_")})
-    kept = {k: v for k, v in spec.items() if k not in ("file", "sha256")}
-    return {"type": "greedy", "dropped": {**kept, "val_e2e_line_accuracy": accuracy}}
+    kept = {k: v for k, v in spec.items() if k not in ("file", "sha256", "split_lines")}
+    split = {"split_lines": spec["split_lines"]} if "split_lines" in spec else {}
+    return {"type": "greedy", **split, "dropped": {**kept, "val_e2e_line_accuracy": accuracy}}

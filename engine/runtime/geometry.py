@@ -29,6 +29,19 @@ def min_area_quad(points: np.ndarray) -> np.ndarray:
     return order_quad(cv2.boxPoints(rect))
 
 
+def crop_size(quad: np.ndarray) -> tuple[int, int]:
+    """(width, height) of ``crop_polygon``'s cut of a quadrilateral: the longer of each pair of
+    opposite edges."""
+    w = int(np.rint(max(np.linalg.norm(quad[0] - quad[1]), np.linalg.norm(quad[3] - quad[2]))))
+    h = int(np.rint(max(np.linalg.norm(quad[0] - quad[3]), np.linalg.norm(quad[1] - quad[2]))))
+    return max(w, 1), max(h, 1)
+
+
+def turned(width: int, height: int) -> bool:
+    """Whether ``crop_polygon`` turns a cut of this size (a vertical text line)."""
+    return height >= 1.5 * width
+
+
 def crop_polygon(image: np.ndarray, points, rotate_vertical: bool = True) -> np.ndarray:
     """Cut the text region `points` out of `image` by a perspective transform.
 
@@ -40,15 +53,13 @@ def crop_polygon(image: np.ndarray, points, rotate_vertical: bool = True) -> np.
     """
     pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
     quad = pts if len(pts) == 4 else min_area_quad(pts)
-    w = int(np.rint(max(np.linalg.norm(quad[0] - quad[1]), np.linalg.norm(quad[3] - quad[2]))))
-    h = int(np.rint(max(np.linalg.norm(quad[0] - quad[3]), np.linalg.norm(quad[1] - quad[2]))))
-    w, h = max(w, 1), max(h, 1)
+    w, h = crop_size(quad)
     dst = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
     m = cv2.getPerspectiveTransform(quad.astype(np.float32), dst)
     crop = cv2.warpPerspective(
         image, m, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE
     )
-    if rotate_vertical and h >= 1.5 * w:
+    if rotate_vertical and turned(w, h):
         crop = np.ascontiguousarray(np.rot90(crop))
     return crop
 

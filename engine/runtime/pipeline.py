@@ -41,7 +41,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .bundle_manifest import BundleError, check_relpath, read_manifest, verify_bundle
-from .geometry import sub_quad
+from .geometry import crop_size, sub_quad, turned
 from .lm import LMDecoder, LMError, load_lm
 from .postprocess import crop_polygon, ctc_greedy_decode, db_boxes, sort_reading_order
 from .preprocess import batch_by_width, detector_input, norm_of, recognizer_input, recognizer_widths
@@ -291,14 +291,26 @@ class OCRPipeline:
         except ValueError as exc:
             raise BundleError(self.bundle_dir / "manifest.json", f"recognizer.decoder.{exc}") from None
 
-    def _word_spans(self, crop: np.ndarray, count: int) -> list[tuple[float, float]] | None:
-        """Where each of ``count`` words lies along ``crop`` (fractions of its width), from the
-        recognizer's best path over the crop alone; None if it does not read ``count`` words."""
+    def _split(self, pts: np.ndarray, crop: np.ndarray, text: str,
+               plain: str | None) -> list[tuple[np.ndarray, str, str | None]]:
+        """(box, text, greedy text) of each line a detected box becomes: itself, or one per word
+        when ``split_lines`` says the labels keep its words apart (engine/runtime/split.py).  The
+        words are placed by the recognizer's best path over this crop alone (one more call, for
+        the few boxes that split); a vertical line, a polygon that is no quadrilateral, or a path
+        that does not read as many words stays whole."""
+        words = self.splitter.parts(text) if self.splitter is not None else None
+        quad = np.asarray(pts, dtype=np.float32).reshape(-1, 2)
+        if not words or " " not in self.charset or len(quad) != 4 or turned(*crop_size(quad)):
+            return [(pts, text, plain)]
+        plains = plain.split(" ") if plain is not None else [None] * len(words)
         cfg = self.rec_cfg
         height, max_width = int(cfg["height"]), int(cfg["max_width"])
         steps = recognizer_widths([crop], height, max_width)[0] // int(cfg.get("downsample", 4))
         logits = self.recognizer.run(recognizer_input([crop], height, max_width, **norm_of(cfg)))
-        return word_spans(logits[0, :steps].argmax(axis=1), self.charset.find(" ") + 1, count)
+        spans = word_spans(logits[0, :steps].argmax(axis=1), self.charset.index(" ") + 1, len(words))
+        if spans is None or len(plains) != len(words):
+            return [(pts, text, plain)]
+        return [(sub_quad(pts, a, b), w, g) for (a, b), w, g in zip(spans, words, plains, strict=True)]
 
     def _provider_names(self) -> list[str]:
         names = []
@@ -391,14 +403,7 @@ class OCRPipeline:
         for (pts, box_score), crop, (text, score, *greedy) in zip(boxes, crops, texts, strict=True):
             if score < min_score:
                 continue
-            parts = [(pts, text, greedy[0] if greedy else None)]
-            words = self.splitter.parts(text) if self.splitter is not None else None
-            if words and " " in self.charset and crop.shape[1] >= crop.shape[0]:  # not turned
-                spans = self._word_spans(crop, len(words))
-                plain = greedy[0].split(" ") if greedy else [None] * len(words)
-                if spans and len(plain) == len(words):
-                    parts = [(sub_quad(pts, a, b), w, g) for (a, b), w, g in zip(spans, words, plain, strict=True)]
-            for quad, part, plain_part in parts:
+            for quad, part, plain_part in self._split(pts, crop, text, greedy[0] if greedy else None):
                 line = {
                     "points": [[round(float(x), 2), round(float(y), 2)] for x, y in quad],
                     "text": part,

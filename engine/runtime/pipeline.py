@@ -299,8 +299,10 @@ class OCRPipeline:
         the few boxes that split); a vertical line, a polygon that is no quadrilateral, or a path
         that does not read as many words stays whole."""
         words = self.splitter.parts(text) if self.splitter is not None else None
+        if not words or " " not in self.charset:  # every line of a plate passes here: cheap first
+            return [(pts, text, plain)]
         quad = np.asarray(pts, dtype=np.float32).reshape(-1, 2)
-        if not words or " " not in self.charset or len(quad) != 4 or turned(*crop_size(quad)):
+        if len(quad) != 4 or turned(*crop_size(quad)):
             return [(pts, text, plain)]
         plains = plain.split(" ") if plain is not None else [None] * len(words)
         cfg = self.rec_cfg

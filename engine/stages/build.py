@@ -141,6 +141,8 @@ def _decoder(ctx: StageContext, work: Path, charset: str) -> tuple[dict[str, Any
     from ..runtime.split import LineSplitter
 
     dec = ctx.recipe.models.decoder
+    if dec.type == "greedy" and not dec.split_lines:
+        return {"type": "greedy"}, {}  # nothing to count: the training labels stay unread
     texts = [ln.text for r in records(ctx, "train") for ln in r.lines if not ln.ignore and ln.text]
     split = {"split_lines": LineSplitter.fit(texts, dec.split_lines).to_json()} if dec.split_lines else {}
     if dec.type == "greedy":

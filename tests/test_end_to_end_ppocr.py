@@ -28,7 +28,7 @@ dataset:
 models:
   detector: {{arch: ppocrv6, input_size: 640, train_size: 256}}
   recognizer: {{arch: ppocrv6, max_width: 640}}
-  decoder: {{type: lm, split_lines: 1}}
+  decoder: {{type: lm, split_lines: 1, join_lines: 1}}
 train:
   epochs: 1
   lr: 5.0e-5
@@ -82,11 +82,12 @@ def test_the_bundle_carries_the_models_input_convention(finished: Pipeline) -> N
     assert manifest["recognizer"]["downsample"] == 8 and manifest["recognizer"]["height"] == 48
     assert manifest["recognizer"]["mean"] == [0.5, 0.5, 0.5]
     # the language model of the 6 training plates' lines, sealed with the built bundle, and the
-    # words they keep as lines of their own
+    # words they keep as lines of their own and the labels of several words
     built = json.loads((finished.run_dir / "build" / "local-cpu" / "bundle" / "manifest.json").read_text())
     decoder = built["recognizer"]["decoder"]
     assert decoder["type"] == "lm" and decoder["lines"] > 30 and decoder["file"] in built["files"]
     assert decoder["split_lines"]["min_count"] == 1 and decoder["split_lines"]["words"]
+    assert decoder["join_lines"]["min_count"] == 1 and decoder["join_lines"]["labels"]
     # verify kept the language model only if it read at least as many val lines as greedy
     verified = manifest["recognizer"]["decoder"]
     results = manifest["verify"]["candidates"].values()
@@ -96,7 +97,7 @@ def test_the_bundle_carries_the_models_input_convention(finished: Pipeline) -> N
         assert with_lm >= greedy and verified["file"] in manifest["files"]
     else:
         assert "lm.json" not in manifest["files"] and verified["dropped"]["type"] == "lm"
-    assert verified["split_lines"] == decoder["split_lines"]
+    assert verified["split_lines"] == decoder["split_lines"] and verified["join_lines"] == decoder["join_lines"]
 
 
 def test_the_jetson_nano_gets_models_its_tensorrt_parses(finished: Pipeline) -> None:

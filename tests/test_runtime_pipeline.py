@@ -35,7 +35,7 @@ from engine.runtime.bundle_manifest import BundleError
 from engine.runtime.lm import CharNgram, LMDecoder, save_lm
 from engine.runtime.pipeline import OCRPipeline, batch_by_width, predict_cli
 from engine.runtime.postprocess import ctc_greedy_decode
-from engine.runtime.split import LineSplitter
+from engine.runtime.split import LineJoiner, LineSplitter
 
 LEVELS = {"A": 40, "B": 100, "C": 170, "D": 240}  # G value per letter, R = 255
 CHARSET = "".join(LEVELS)
@@ -85,16 +85,20 @@ def _recognizer_onnx(path: Path, height: int = 32, k: float = 5.0, space: bool =
 
 
 def make_hand_bundle(d: Path, name: str = "hand", min_text_score: float = 0.0,
-                     lm_texts: list[str] | None = None, split_words: list[str] | None = None) -> Path:
+                     lm_texts: list[str] | None = None, split_words: list[str] | None = None,
+                     join_labels: list[str] | None = None) -> Path:
     """A real bundle around the hand-built ONNX models (also used by the serve/prelabel tests);
     ``lm_texts``: read with a language model of these lines, as `models.decoder.type: lm` builds;
-    ``split_words``: a recognizer that reads spaces, and `models.decoder.split_lines` of these words."""
+    ``split_words``: a recognizer that reads spaces, and `models.decoder.split_lines` of these words;
+    ``join_labels``: `models.decoder.join_lines` of these labels."""
     space = split_words is not None
     models = {"fp32": {"detector": _detector_onnx(d / "det.onnx"),
                        "recognizer": _recognizer_onnx(d / "rec.onnx", space=space)}}
     decoder: dict[str, object] = {"type": "greedy"}
     if split_words is not None:
         decoder["split_lines"] = LineSplitter(split_words, [], 1).to_json()
+    if join_labels is not None:
+        decoder["join_lines"] = LineJoiner(join_labels, [], 1).to_json()
     extra = {}
     if lm_texts is not None:
         data = save_lm(CharNgram.fit(lm_texts, CHARSET, order=4, min_context=1))
@@ -249,6 +253,28 @@ def test_a_box_over_words_the_labels_keep_apart_becomes_one_line_each(tmp_path):
     manifest["recognizer"]["decoder"]["split_lines"]["words"] = "B D"
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"recognizer\.decoder\.split_lines\.words: not a list"):
+        OCRPipeline(bundle, verify=False)
+
+
+def test_boxes_along_one_line_that_read_as_a_label_become_one_line(tmp_path):
+    """`join_lines`: the plate's second row is two boxes, C and A, 30 px apart on one line; with
+    "C A" among the labels they come back as one line in C's place, over both boxes, at the lower
+    confidence. B and D (also one row, "B D" no label) and the lone A stay as they were."""
+    img, _ = _plate()
+    (tmp_path / "joined").mkdir()
+    (tmp_path / "plain").mkdir()
+    bundle = make_hand_bundle(tmp_path / "joined", join_labels=["C A", "A C"])
+    apart = OCRPipeline(make_hand_bundle(tmp_path / "plain")).predict(img)
+    lines = OCRPipeline(bundle).predict(img)
+    assert [ln["text"] for ln in lines] == ["B", "D", "C A", "A"]
+    xs, ys = [x for x, _ in lines[2]["points"]], [y for _, y in lines[2]["points"]]
+    assert min(xs) <= 22 and max(xs) >= 218 and min(ys) <= 82 and max(ys) >= 106
+    assert lines[2]["score"] == min(ln["score"] for ln in apart[2:4])
+    assert lines[:2] == apart[:2] and lines[3] == apart[4]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["recognizer"]["decoder"]["join_lines"]["labels"] = ["CA"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"recognizer\.decoder\.join_lines\.labels: a label of one word"):
         OCRPipeline(bundle, verify=False)
 
 

@@ -1,5 +1,6 @@
-"""Splitting what the labels keep apart (engine/runtime/split.py): which readings split, where
-the words' boxes are cut, and the manifest section the device trusts only once validated.
+"""Splitting what the labels keep apart and joining what they keep whole (engine/runtime/split.py):
+which readings split, where the words' boxes are cut, which boxes join, and the manifest sections
+the device trusts only once validated.
 The pipeline end to end: tests/test_runtime_pipeline.py (a hand-built detector and recognizer)."""
 
 from __future__ import annotations
@@ -7,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.runtime.geometry import sub_quad
-from engine.runtime.split import LineSplitter, word_spans
+from engine.runtime.geometry import continues, joined_quad, sub_quad
+from engine.runtime.split import LineJoiner, LineSplitter, word_spans
 
 LABELS = ["CE"] * 3 + ["UL"] * 3 + ["EAC"] * 2 + ["MODEL"] * 3 + ["NO."] * 3 + ["MODEL NO."] * 2 + ["TYPE 4"] * 5
 SPACE = 9  # the space's class in the hand-made paths below
@@ -61,3 +62,77 @@ def test_manifest_round_trip_and_refusals():
             LineSplitter.from_json({**good, **change})
     with pytest.raises(ValueError, match="not an object"):
         LineSplitter.from_json(["CE"])
+
+
+TITLES = ["CENTRIFUGAL PUMP"] * 3 + ["MADE IN POLAND"] * 3 + ["CE UL"] * 3 + ["CE"] * 3 + ["UL"] * 3 + ["GEAR BOX"]
+
+
+def _box(x0: float, y0: float, x1: float, y1: float, angle: float = 0.0) -> np.ndarray:
+    """A reading-order rectangle, turned by ``angle`` degrees about the origin."""
+    q = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32)
+    a = np.deg2rad(angle)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]], np.float32)
+    return q @ rot.T
+
+
+def _line(text: str, quad: np.ndarray, score: float = 0.9) -> dict:
+    return {"points": quad.tolist(), "text": text, "score": score, "box_score": 0.8}
+
+
+def test_continues_follows_the_line_at_any_angle():
+    for angle in (0.0, 12.0, -30.0):
+        a = _box(0, 0, 100, 20, angle)
+        assert continues(a, _box(110, 1, 160, 21, angle))  # half a height after a
+        assert continues(a, _box(85, 0, 160, 20, angle))  # grown boxes of a cut line overlap
+        assert not continues(_box(110, 1, 160, 21, angle), a)  # a comes before, not after
+        assert not continues(a, _box(150, 0, 200, 20, angle))  # 2.5 heights on: another column
+        assert not continues(a, _box(105, 12, 160, 32, angle))  # the next row
+        assert not continues(a, _box(105, 0, 160, 40, angle))  # twice the height
+    assert not continues(_box(0, 0, 100, 20), _box(110, 0, 160, 20, 20.0))  # not parallel
+    q = joined_quad([_box(0, 0, 100, 20, 10.0), _box(90, 2, 160, 22, 10.0)])
+    assert np.allclose(q, _box(0, 0, 160, 22, 10.0), atol=1e-3)
+
+
+def test_joiner_fit_keeps_frequent_labels_of_words_and_the_frequent_pieces():
+    j = LineJoiner.fit(TITLES, min_count=3)
+    assert j.labels == {"CENTRIFUGAL PUMP", "MADE IN POLAND", "CE UL"}  # GEAR BOX: once
+    assert j.whole == {"CE", "UL"}  # the frequent labels that are pieces of them
+    assert {"MADE IN", "IN POLAND", "PUMP"} <= j.pieces
+
+
+def test_join_reads_the_pieces_of_a_cut_label_as_one_line_in_place():
+    j = LineJoiner.fit(TITLES, min_count=3)
+    lines = [_line("TYPE", _box(0, 0, 40, 10)),
+             _line("IN POLAND", _box(52, 40, 120, 60, 8.0), 0.7),  # a later piece first in reading order
+             _line("MADE", _box(0, 40, 45, 60, 8.0)),
+             _line("CENTRIFUGAL", _box(0, 80, 150, 110)), _line("PUMP", _box(140, 81, 200, 111))]
+    out = j.join(lines)
+    assert [ln["text"] for ln in out] == ["TYPE", "MADE IN POLAND", "CENTRIFUGAL PUMP"]
+    assert out[1]["score"] == 0.7 and out[1]["box_score"] == 0.8
+    assert np.allclose(out[1]["points"], _box(0, 40, 120, 60, 8.0), atol=0.05)
+    assert out[0] is lines[0]
+    both = [{**ln, "greedy_text": ln["text"].lower()} for ln in lines[3:]]
+    assert j.join(both)[0]["greedy_text"] == "centrifugal pump"
+
+
+def test_join_leaves_what_the_labels_do_not_join():
+    j = LineJoiner.fit(TITLES, min_count=3)
+    apart = [  # each pair would continue along its line
+        [_line("CE", _box(0, 0, 30, 20)), _line("UL", _box(40, 0, 70, 20))],  # marks: each a label
+        [_line("GEAR", _box(0, 0, 50, 20)), _line("BOX", _box(60, 0, 100, 20))],  # too rare
+        [_line("PUMP", _box(0, 0, 50, 20)), _line("CENTRIFUGAL", _box(60, 0, 200, 20))],  # wrong order
+        [_line("CENTRIFUGAL", _box(0, 0, 150, 20)), _line("PUMP", _box(0, 30, 50, 50))],  # next row
+    ]
+    for lines in apart:
+        assert j.join(lines) == lines
+
+
+def test_joiner_manifest_round_trip_and_refusals():
+    j = LineJoiner.fit(TITLES, min_count=3)
+    back = LineJoiner.from_json(j.to_json())
+    assert (back.labels, back.whole, back.min_count, back.pieces) == (j.labels, j.whole, 3, j.pieces)
+    good = j.to_json()
+    for change, field in [({"labels": "CE UL"}, "join_lines.labels"), ({"whole": [""]}, "join_lines.whole"),
+                          ({"labels": ["PUMP"]}, "join_lines.labels"), ({"min_count": 0}, "join_lines.min_count")]:
+        with pytest.raises(ValueError, match=field):
+            LineJoiner.from_json({**good, **change})

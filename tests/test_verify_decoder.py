@@ -16,7 +16,9 @@ from engine.stages.verify import _choose_decoder
 from engine.training.metrics import score_predictions
 
 SPLIT = {"min_count": 20, "words": ["CE", "UL"], "joined": []}
-LM = {"type": "lm", "file": "lm.json", "sha256": "0" * 64, "order": 6, "weight": 0.3, "split_lines": SPLIT}
+JOIN = {"min_count": 5, "labels": ["MADE IN POLAND"], "whole": []}
+LM = {"type": "lm", "file": "lm.json", "sha256": "0" * 64, "order": 6, "weight": 0.3, "split_lines": SPLIT,
+      "join_lines": JOIN}
 TRUTH = ["MODEL NO. 4410", "SERIAL 77", "50 Hz", "IP55"]
 
 
@@ -66,8 +68,9 @@ def test_a_language_model_that_loses_lines_is_dropped_with_both_numbers():
     hurt = ["MODEL NO. 4410", "SERIAL 7", "5O Hz", "IP55"]  # the model "corrected" two lines
     decoder, results = _choose({"fp32": _report(hurt, TRUTH), "int8": _report(hurt, [*TRUTH[:3], "IP5"])})
     assert decoder["type"] == "greedy" and decoder["split_lines"] == SPLIT  # splitting is not the model's
+    assert decoder["join_lines"] == JOIN  # nor joining
     dropped = decoder["dropped"]
-    assert not {"file", "sha256", "split_lines"} & set(dropped) and dropped["order"] == 6
+    assert not {"file", "sha256", "split_lines", "join_lines"} & set(dropped) and dropped["order"] == 6
     assert dropped["val_e2e_line_accuracy"] == {"fp32": {"lm": 0.5, "greedy": 1.0},
                                                 "int8": {"lm": 0.5, "greedy": 0.75}}
     # the results verify then holds to its bars are the greedy readings'

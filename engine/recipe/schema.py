@@ -177,7 +177,8 @@ class DecoderSpec(Strict):
     ``lm``: a character n-gram counted from the training labels, read with a CTC beam search
     (engine/runtime/lm.py). It knows the plates' keys, units and formats, and speaks only from
     contexts of ``min_context`` characters that the labels contain, so text it never saw keeps
-    what the recognizer read.  ``split_lines`` works with either type (engine/runtime/split.py).
+    what the recognizer read.  ``split_lines`` and ``join_lines`` work with either type
+    (engine/runtime/split.py).
     """
 
     type: Literal["greedy", "lm"] = Field("greedy", description="greedy CTC, or beam search with a language model of the training labels")
@@ -191,6 +192,11 @@ class DecoderSpec(Strict):
         description="split a reading into one line per word when every word is a whole label at "
                     "least this many times in the training labels and the reading never is "
                     "(marks like `CE UL` the detector merged); 0: off")
+    join_lines: int = Field(
+        0, ge=0, le=1_000_000,
+        description="read boxes that go on along one line as one when their readings, joined, make "
+                    "a label of two or more words seen at least this many times in the training "
+                    "labels (titles the detector cut, like `CENTRIFUGAL | PUMP`); 0: off")
 
     @model_validator(mode="after")
     def _context_below_order(self) -> DecoderSpec:

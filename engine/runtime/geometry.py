@@ -72,3 +72,41 @@ def sub_quad(quad: np.ndarray, start: float, end: float) -> np.ndarray:
     top, bottom = q[1] - q[0], q[2] - q[3]
     return np.stack([q[0] + start * top, q[0] + end * top,
                      q[3] + end * bottom, q[3] + start * bottom]).astype(np.float32)
+
+
+def line_frame(quad: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(unit vector along the text, unit vector across it, line height) of a reading-order
+    quadrilateral: the mean direction of its top and bottom edges and of its two sides."""
+    q = np.asarray(quad, dtype=np.float32).reshape(4, 2)
+    along = (q[1] - q[0]) + (q[2] - q[3])
+    along = along / max(float(np.linalg.norm(along)), 1e-6)
+    across = np.array([-along[1], along[0]], dtype=np.float32)
+    height = (float(np.linalg.norm(q[3] - q[0])) + float(np.linalg.norm(q[2] - q[1]))) / 2
+    return along, across, height
+
+
+def continues(first: np.ndarray, then: np.ndarray, max_gap: float = 2.0) -> bool:
+    """Whether quadrilateral ``then`` goes on along ``first``'s line: parallel, heights within
+    1.67x, centres within 0.4 of a line height across the line, and ``then`` starting between one
+    height before ``first``'s end (detected boxes are grown, so the pieces of a cut line overlap)
+    and ``max_gap`` heights after it."""
+    a, b = np.asarray(first, np.float32).reshape(4, 2), np.asarray(then, np.float32).reshape(4, 2)
+    along, across, ha = line_frame(a)
+    along_b, _, hb = line_frame(b)
+    if float(along @ along_b) < 0.95 or not 0.6 <= ha / max(hb, 1e-6) <= 1.67:
+        return False
+    h = min(ha, hb)
+    if abs(float((b.mean(axis=0) - a.mean(axis=0)) @ across)) > 0.4 * h:
+        return False
+    gap = float((b @ along).min() - (a @ along).max())
+    return -h <= gap <= max_gap * h
+
+
+def joined_quad(quads: list[np.ndarray]) -> np.ndarray:
+    """The rectangle along the first quadrilateral's line around all of ``quads``' corners, in
+    reading order (top-left, top-right, bottom-right, bottom-left)."""
+    along, across, _ = line_frame(quads[0])
+    pts = np.concatenate([np.asarray(q, np.float32).reshape(-1, 2) for q in quads])
+    a, c = pts @ along, pts @ across
+    corners = [(a.min(), c.min()), (a.max(), c.min()), (a.max(), c.max()), (a.min(), c.max())]
+    return np.array([x * along + y * across for x, y in corners], dtype=np.float32)

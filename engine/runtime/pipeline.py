@@ -34,7 +34,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -45,7 +45,9 @@ from .geometry import crop_size, sub_quad, turned
 from .lm import LMDecoder, LMError, load_lm
 from .postprocess import crop_polygon, ctc_greedy_decode, db_boxes, sort_reading_order
 from .preprocess import batch_by_width, detector_input, norm_of, recognizer_input, recognizer_widths
-from .split import LineSplitter, word_spans
+from .split import LineJoiner, LineSplitter, word_spans
+
+LineRule = TypeVar("LineRule", LineSplitter, LineJoiner)
 
 __all__ = [
     "OCRPipeline",
@@ -249,7 +251,8 @@ class OCRPipeline:
         paths = {k: self.bundle_dir / v for k, v in candidates[self.precision].items()}
         self.detector, self.recognizer = self._load(paths)
         self.decode = self._decoder(decoder)
-        self.splitter = self._splitter()
+        self.splitter = self._line_rule("split_lines", LineSplitter)
+        self.joiner = self._line_rule("join_lines", LineJoiner)
         self.greedy_alongside = greedy_alongside and isinstance(self.decode, LMDecoder)
         self.backend = f"{self.runtime}:{','.join(self._provider_names())}"
         log.info("bundle %s precision %s backend %s", self.bundle_dir, self.precision, self.backend)
@@ -281,13 +284,14 @@ class OCRPipeline:
         except (OSError, LMError) as exc:
             raise BundleError(source, f"recognizer.decoder: {exc}") from None
 
-    def _splitter(self) -> LineSplitter | None:
-        """The decoder section's ``split_lines`` (engine/runtime/split.py), if the build wrote one."""
-        doc = (self.rec_cfg.get("decoder") or {}).get("split_lines")
+    def _line_rule(self, name: str, kind: type[LineRule]) -> LineRule | None:
+        """The decoder section's ``split_lines`` or ``join_lines`` (engine/runtime/split.py) as
+        ``kind``, if the build wrote one."""
+        doc = (self.rec_cfg.get("decoder") or {}).get(name)
         if doc is None:
             return None
         try:
-            return LineSplitter.from_json(doc)
+            return kind.from_json(doc)
         except ValueError as exc:
             raise BundleError(self.bundle_dir / "manifest.json", f"recognizer.decoder.{exc}") from None
 
@@ -393,7 +397,8 @@ class OCRPipeline:
     def predict(self, image_rgb_uint8: np.ndarray) -> list[dict[str, Any]]:
         """[{"points": [[x, y], ...], "text", "score" (text confidence), "box_score"}] in
         reading order, lines below ``min_text_score`` dropped.  With the decoder's
-        ``split_lines``, a box read as words the labels keep apart becomes one line per word."""
+        ``split_lines``, a box read as words the labels keep apart becomes one line per word; with
+        ``join_lines``, boxes along one line that read as a label together become one line."""
         image = np.asarray(image_rgb_uint8)
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
@@ -415,7 +420,7 @@ class OCRPipeline:
                 if plain_part is not None:
                     line["greedy_text"] = plain_part
                 lines.append(line)
-        return lines
+        return self.joiner.join(lines) if self.joiner is not None else lines
 
     def timed_predict(self, image_rgb_uint8: np.ndarray) -> tuple[list[dict[str, Any]], float]:
         """(predict's lines, wall-clock latency in milliseconds)."""

@@ -137,14 +137,19 @@ def _decoder(ctx: StageContext, work: Path, charset: str) -> tuple[dict[str, Any
     """The manifest's ``recognizer.decoder`` and its files: for ``lm``, the character n-gram of
     the training labels (engine/runtime/lm.py), whose sha256 the manifest section carries, so
     the verify cache's key and an unverified pipeline both see a changed model; with
-    ``split_lines``, the words the labels keep as lines of their own (engine/runtime/split.py)."""
-    from ..runtime.split import LineSplitter
+    ``split_lines`` / ``join_lines``, the words the labels keep as lines of their own and the
+    labels of several words (engine/runtime/split.py)."""
+    from ..runtime.split import LineJoiner, LineSplitter
 
     dec = ctx.recipe.models.decoder
-    if dec.type == "greedy" and not dec.split_lines:
+    if dec.type == "greedy" and not (dec.split_lines or dec.join_lines):
         return {"type": "greedy"}, {}  # nothing to count: the training labels stay unread
     texts = [ln.text for r in records(ctx, "train") for ln in r.lines if not ln.ignore and ln.text]
-    split = {"split_lines": LineSplitter.fit(texts, dec.split_lines).to_json()} if dec.split_lines else {}
+    split = {}
+    if dec.split_lines:
+        split["split_lines"] = LineSplitter.fit(texts, dec.split_lines).to_json()
+    if dec.join_lines:
+        split["join_lines"] = LineJoiner.fit(texts, dec.join_lines).to_json()
     if dec.type == "greedy":
         return {"type": "greedy", **split}, {}
     import hashlib

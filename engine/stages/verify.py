@@ -36,6 +36,10 @@ from ..fsutil import replace_dir
 from .check import bars_failed
 from .contract import StageContext, StageFailed, StageResult
 
+#: the decoder section's line rules (engine/runtime/split.py): a bundle that drops its language
+#: model keeps them, since they never read the language model's file
+LINE_SECTIONS = ("split_lines", "join_lines")
+
 
 def run(ctx: StageContext) -> StageResult:
     from ..deploy.bundle import BundleError, bundle_labels, finalize_bundle
@@ -158,6 +162,6 @@ def _choose_decoder(meta: dict[str, Any], reports: dict[str, dict[str, Any]],
                 for p in results}
     for p, m in results.items():
         m.update({k: v for k, v in greedy[p].items() if k.startswith("e2e_")})
-    kept = {k: v for k, v in spec.items() if k not in ("file", "sha256", "split_lines")}
-    split = {"split_lines": spec["split_lines"]} if "split_lines" in spec else {}
-    return {"type": "greedy", **split, "dropped": {**kept, "val_e2e_line_accuracy": accuracy}}
+    rules = {k: v for k, v in spec.items() if k in LINE_SECTIONS}  # not the language model's
+    kept = {k: v for k, v in spec.items() if k not in ("file", "sha256", *LINE_SECTIONS)}
+    return {"type": "greedy", **rules, "dropped": {**kept, "val_e2e_line_accuracy": accuracy}}

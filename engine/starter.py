@@ -28,7 +28,8 @@ models:
   # Read with a character n-gram of your labels (their keys, units, formats) in a CTC beam search;
   # contexts it never saw leave the recognizer's reading alone. greedy: without it. split_lines: a
   # box read as words your labels keep as lines of their own (20+ times; marks like `CE UL`) is split.
-  # join_lines: boxes along one line whose readings make a label of yours (5+ times) become one line.
+  # join_lines: a box and the next along its line become one line when they read as a label of yours
+  # (5+ times) or your labels put no break between their words (`WEIMAG | GMBH`).
   decoder: {{type: lm, split_lines: 20, join_lines: 5}}
 
 train:

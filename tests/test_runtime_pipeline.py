@@ -98,7 +98,7 @@ def make_hand_bundle(d: Path, name: str = "hand", min_text_score: float = 0.0,
     if split_words is not None:
         decoder["split_lines"] = LineSplitter(split_words, [], 1).to_json()
     if join_labels is not None:
-        decoder["join_lines"] = LineJoiner(join_labels, [], 1).to_json()
+        decoder["join_lines"] = LineJoiner(join_labels, [], [], [], 1).to_json()
     extra = {}
     if lm_texts is not None:
         data = save_lm(CharNgram.fit(lm_texts, CHARSET, order=4, min_context=1))

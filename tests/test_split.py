@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.runtime.geometry import continues, joined_quad, sub_quad
+from engine.runtime.geometry import continuing, joined_quad, sub_quad
 from engine.runtime.split import LineJoiner, LineSplitter, word_spans
 
 LABELS = ["CE"] * 3 + ["UL"] * 3 + ["EAC"] * 2 + ["MODEL"] * 3 + ["NO."] * 3 + ["MODEL NO."] * 2 + ["TYPE 4"] * 5
@@ -64,7 +64,8 @@ def test_manifest_round_trip_and_refusals():
         LineSplitter.from_json(["CE"])
 
 
-TITLES = ["CENTRIFUGAL PUMP"] * 3 + ["MADE IN POLAND"] * 3 + ["CE UL"] * 3 + ["CE"] * 3 + ["UL"] * 3 + ["GEAR BOX"]
+TITLES = (["CENTRIFUGAL PUMP"] * 3 + ["MADE IN POLAND"] * 3 + ["CE UL"] * 3 + ["CE"] * 3 + ["UL"] * 3
+          + ["GEAR BOX"] + ["ACME GMBH", "ZETA GMBH", "KRON GMBH", "GMBH"])
 
 
 def _box(x0: float, y0: float, x1: float, y1: float, angle: float = 0.0) -> np.ndarray:
@@ -79,7 +80,10 @@ def _line(text: str, quad: np.ndarray, score: float = 0.9) -> dict:
     return {"points": quad.tolist(), "text": text, "score": score, "box_score": 0.8}
 
 
-def test_continues_follows_the_line_at_any_angle():
+def test_continuing_follows_the_line_at_any_angle():
+    def continues(a: np.ndarray, b: np.ndarray) -> bool:
+        return bool(continuing(a, b[None])[0])
+
     for angle in (0.0, 12.0, -30.0):
         a = _box(0, 0, 100, 20, angle)
         assert continues(a, _box(110, 1, 160, 21, angle))  # half a height after a
@@ -89,6 +93,8 @@ def test_continues_follows_the_line_at_any_angle():
         assert not continues(a, _box(105, 12, 160, 32, angle))  # the next row
         assert not continues(a, _box(105, 0, 160, 40, angle))  # twice the height
     assert not continues(_box(0, 0, 100, 20), _box(110, 0, 160, 20, 20.0))  # not parallel
+    many = np.stack([_box(110, 1, 160, 21), _box(105, 12, 160, 32), _box(130, 0, 170, 20)])
+    assert continuing(_box(0, 0, 100, 20), many).tolist() == [True, False, True]
     q = joined_quad([_box(0, 0, 100, 20, 10.0), _box(90, 2, 160, 22, 10.0)])
     assert np.allclose(q, _box(0, 0, 160, 22, 10.0), atol=1e-3)
 
@@ -98,6 +104,9 @@ def test_joiner_fit_keeps_frequent_labels_of_words_and_the_frequent_pieces():
     assert j.labels == {"CENTRIFUGAL PUMP", "MADE IN POLAND", "CE UL"}  # GEAR BOX: once
     assert j.whole == {"CE", "UL"}  # the frequent labels that are pieces of them
     assert {"MADE IN", "IN POLAND", "PUMP"} <= j.pieces
+    assert j.not_first == {"PUMP", "IN", "POLAND"}  # GMBH: 1 of 4 a label's first word
+    assert j.not_last == {"CENTRIFUGAL", "MADE", "IN"}
+    assert "GMBH" in LineJoiner.fit([*TITLES, *["ZOLL GMBH"] * 7], min_count=3).not_first  # 10 of 11
 
 
 def test_join_reads_the_pieces_of_a_cut_label_as_one_line_in_place():
@@ -113,6 +122,15 @@ def test_join_reads_the_pieces_of_a_cut_label_as_one_line_in_place():
     assert out[0] is lines[0]
     both = [{**ln, "greedy_text": ln["text"].lower()} for ln in lines[3:]]
     assert j.join(both)[0]["greedy_text"] == "centrifugal pump"
+
+
+def test_join_reads_a_word_the_labels_never_break_before_with_the_box_before_it():
+    j = LineJoiner.fit([*TITLES, *["ZOLL GMBH"] * 7], min_count=3)  # GMBH: 10 of 11 not first
+    lines = [_line("WEIMAG", _box(0, 0, 120, 30)), _line("GMBH", _box(140, 2, 220, 32)),
+             _line("TYPE", _box(0, 50, 40, 62))]
+    assert [ln["text"] for ln in j.join(lines)] == ["WEIMAG GMBH", "TYPE"]
+    between = [lines[0], _line("42", _box(125, 0, 135, 30)), lines[1]]  # never over a box between
+    assert [ln["text"] for ln in j.join(between)] == ["WEIMAG", "42 GMBH"]
 
 
 def test_join_leaves_what_the_labels_do_not_join():
@@ -131,8 +149,10 @@ def test_joiner_manifest_round_trip_and_refusals():
     j = LineJoiner.fit(TITLES, min_count=3)
     back = LineJoiner.from_json(j.to_json())
     assert (back.labels, back.whole, back.min_count, back.pieces) == (j.labels, j.whole, 3, j.pieces)
+    assert (back.not_first, back.not_last) == (j.not_first, j.not_last)
     good = j.to_json()
     for change, field in [({"labels": "CE UL"}, "join_lines.labels"), ({"whole": [""]}, "join_lines.whole"),
-                          ({"labels": ["PUMP"]}, "join_lines.labels"), ({"min_count": 0}, "join_lines.min_count")]:
+                          ({"labels": ["PUMP"]}, "join_lines.labels"), ({"min_count": 0}, "join_lines.min_count"),
+                          ({"not_first": None}, "join_lines.not_first"), ({"not_last": ["A B"]}, "not_last")]:
         with pytest.raises(ValueError, match=field):
             LineJoiner.from_json({**good, **change})

@@ -194,9 +194,11 @@ class DecoderSpec(Strict):
                     "(marks like `CE UL` the detector merged); 0: off")
     join_lines: int = Field(
         0, ge=0, le=1_000_000,
-        description="read boxes that go on along one line as one when their readings, joined, make "
-                    "a label of two or more words seen at least this many times in the training "
-                    "labels (titles the detector cut, like `CENTRIFUGAL | PUMP`); 0: off")
+        description="read a box and the next along its line as one line when their readings, "
+                    "joined, make a label of two or more words seen at least this many times in "
+                    "the training labels, or when a word on either side of the break (seen as "
+                    "often) is almost never a label's last or first word (lines the detector cut, "
+                    "like `CENTRIFUGAL | PUMP`, `WEIMAG | GMBH`); 0: off")
 
     @model_validator(mode="after")
     def _context_below_order(self) -> DecoderSpec:

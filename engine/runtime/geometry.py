@@ -85,21 +85,24 @@ def line_frame(quad: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     return along, across, height
 
 
-def continues(first: np.ndarray, then: np.ndarray, max_gap: float = 2.0) -> bool:
-    """Whether quadrilateral ``then`` goes on along ``first``'s line: parallel, heights within
-    1.67x, centres within 0.4 of a line height across the line, and ``then`` starting between one
-    height before ``first``'s end (detected boxes are grown, so the pieces of a cut line overlap)
-    and ``max_gap`` heights after it."""
-    a, b = np.asarray(first, np.float32).reshape(4, 2), np.asarray(then, np.float32).reshape(4, 2)
+def continuing(first: np.ndarray, others: np.ndarray, max_gap: float = 2.0) -> np.ndarray:
+    """Which of the quadrilaterals ``others`` (n x 4 x 2) go on along ``first``'s line: parallel,
+    heights within 1.67x, centres within 0.4 of a line height across the line, and starting
+    between one height before ``first``'s end (detected boxes are grown, so the pieces of a cut
+    line overlap) and ``max_gap`` heights after it.  Vectorised: the pipeline asks it of every
+    box of a plate."""
+    a = np.asarray(first, np.float32).reshape(4, 2)
+    q = np.asarray(others, np.float32).reshape(-1, 4, 2)
     along, across, ha = line_frame(a)
-    along_b, _, hb = line_frame(b)
-    if float(along @ along_b) < 0.95 or not 0.6 <= ha / max(hb, 1e-6) <= 1.67:
-        return False
-    h = min(ha, hb)
-    if abs(float((b.mean(axis=0) - a.mean(axis=0)) @ across)) > 0.4 * h:
-        return False
-    gap = float((b @ along).min() - (a @ along).max())
-    return -h <= gap <= max_gap * h
+    directions = (q[:, 1] - q[:, 0]) + (q[:, 2] - q[:, 3])
+    directions /= np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-6)
+    hb = (np.linalg.norm(q[:, 3] - q[:, 0], axis=1) + np.linalg.norm(q[:, 2] - q[:, 1], axis=1)) / 2
+    h = np.minimum(ha, hb)
+    offset = np.abs((q.mean(axis=1) - a.mean(axis=0)) @ across)
+    gap = (q @ along).min(axis=1) - float((a @ along).max())
+    ratio = ha / np.maximum(hb, 1e-6)
+    return ((directions @ along >= 0.95) & (ratio >= 0.6) & (ratio <= 1.67) & (offset <= 0.4 * h)
+            & (gap >= -h) & (gap <= max_gap * h))
 
 
 def joined_quad(quads: list[np.ndarray]) -> np.ndarray:

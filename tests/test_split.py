@@ -26,9 +26,23 @@ def test_parts_split_only_words_that_stand_alone_and_never_a_label():
     assert s.parts("CE UL") == ["CE", "UL"]
     assert s.parts("UL CE UL") == ["UL", "CE", "UL"]
     assert s.parts("MODEL NO.") is None  # a label as a whole
-    assert s.parts("CE EAC") is None  # EAC is not a line of its own often enough
+    assert s.parts("EAC 4") is None  # EAC is not a line of its own often enough; 4 ends "TYPE 4"
     assert s.parts("CE") is None and s.parts("") is None
     assert s.parts("CE  UL") is None  # an empty word between two spaces is no word
+
+
+def test_fit_keeps_the_words_that_always_begin_or_end_their_label():
+    s = LineSplitter.fit(["MFD: 2000/04", "MFD: 1999/01", "MFD: 2011/03", "FLOW 20 m3/min", "FLOW 9 m3/min",
+                          "CAPACITY: 6 m3/min", "TYPE BF 36", "TYPE XQ", "TYPE 4", "ZONE TYPE"], min_count=3)
+    assert s.first == {"MFD:"}  # TYPE ends "ZONE TYPE"; FLOW: twice
+    assert s.last == {"m3/min"}
+    assert s.parts("FREE AIR DEL.: 20.98 m3/min MFD: 2000/04") == ["FREE AIR DEL.: 20.98 m3/min", "MFD: 2000/04"]
+    assert s.parts("4.5 m3/min 50 Hz") == ["4.5 m3/min", "50 Hz"]
+    assert s.parts("MFD: 1999/01") is None and s.parts("TYPE BF 36 TYPE") is None
+    back = LineSplitter.from_json(s.to_json())
+    assert (back.first, back.last) == (s.first, s.last)
+    old = {k: v for k, v in s.to_json().items() if k not in ("first", "last")}  # a bundle before them
+    assert LineSplitter.from_json(old).parts("4.5 m3/min 50 Hz") is None
 
 
 def test_word_spans_cut_in_the_middle_of_each_gap():
@@ -57,7 +71,9 @@ def test_manifest_round_trip_and_refusals():
     good = s.to_json()
     for change, field in [({"words": "CE"}, "split_lines.words"), ({"joined": [""]}, "split_lines.joined"),
                           ({"words": ["C E"]}, "split_lines.words"), ({"min_count": 0}, "split_lines.min_count"),
-                          ({"min_count": True}, "split_lines.min_count")]:
+                          ({"min_count": True}, "split_lines.min_count"),
+                          ({"first": ["MFD:"], "last": "m3/min"}, "split_lines.last"),
+                          ({"first": ["P MAX:"], "last": []}, "split_lines.first")]:
         with pytest.raises(ValueError, match=field):
             LineSplitter.from_json({**good, **change})
     with pytest.raises(ValueError, match="not an object"):

@@ -302,21 +302,28 @@ class OCRPipeline:
         words are placed by the recognizer's best path over this crop alone (one more call, for
         the few boxes that split); a vertical line, a polygon that is no quadrilateral, or a path
         that does not read as many words stays whole."""
-        words = self.splitter.parts(text) if self.splitter is not None else None
-        if not words or " " not in self.charset:  # every line of a plate passes here: cheap first
+        parts = self.splitter.parts(text) if self.splitter is not None else None
+        if not parts or " " not in self.charset:  # every line of a plate passes here: cheap first
             return [(pts, text, plain)]
         quad = np.asarray(pts, dtype=np.float32).reshape(-1, 2)
         if len(quad) != 4 or turned(*crop_size(quad)):
             return [(pts, text, plain)]
-        plains = plain.split(" ") if plain is not None else [None] * len(words)
         cfg = self.rec_cfg
         height, max_width = int(cfg["height"]), int(cfg["max_width"])
         steps = recognizer_widths([crop], height, max_width)[0] // int(cfg.get("downsample", 4))
         logits = self.recognizer.run(recognizer_input([crop], height, max_width, **norm_of(cfg)))
+        words = text.split(" ")
         spans = word_spans(logits[0, :steps].argmax(axis=1), self.charset.index(" ") + 1, len(words))
-        if spans is None or len(plains) != len(words):
+        plains = plain.split(" ") if plain is not None else None
+        if spans is None or (plains is not None and len(plains) != len(words)):
             return [(pts, text, plain)]
-        return [(sub_quad(pts, a, b), w, g) for (a, b), w, g in zip(spans, words, plains, strict=True)]
+        lines, first = [], 0
+        for part in parts:  # a part of n words: from its first word's start to its last word's end
+            last = first + part.count(" ")
+            greedy = " ".join(plains[first:last + 1]) if plains is not None else None
+            lines.append((sub_quad(pts, spans[first][0], spans[last][1]), part, greedy))
+            first = last + 1
+        return lines
 
     def _provider_names(self) -> list[str]:
         names = []

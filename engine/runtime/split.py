@@ -40,40 +40,66 @@ from .geometry import continuing, joined_quad, line_frame
 MAX_WORDS = 10_000  # a manifest section, not a dictionary
 MAX_PIECES = 4  # boxes a joined line is made of, at most
 INSIDE = 0.9  # a word that is not its label's first (last) word this often is never a line's
+EDGE = 0.99  # a word that is its label's first (last) word this often always is a line's
 
 
 class LineSplitter:
-    """Which readings to split into one line per word (see the module docstring)."""
+    """Which readings to split, and into what (see the module docstring)."""
 
-    def __init__(self, words: Iterable[str], joined: Iterable[str], min_count: int):
+    def __init__(self, words: Iterable[str], joined: Iterable[str], min_count: int,
+                 first: Iterable[str] = (), last: Iterable[str] = ()):
         self.words, self.joined, self.min_count = frozenset(words), frozenset(joined), int(min_count)
+        self.first, self.last = frozenset(first), frozenset(last)
 
     @classmethod
     def fit(cls, texts: Iterable[str], min_count: int) -> LineSplitter:
         """From the training labels' texts: the space-free labels seen ``min_count`` times or
-        more, and every label made of two or more of them (those stay whole)."""
+        more, every label made of two or more of them (those stay whole), and the words seen
+        ``min_count`` times or more that are their label's first word (``MFD:``, ``OUTPUT:``)
+        or last word (``m3/min``, ``GMBH``) at least ``EDGE`` of the time (each list the most
+        frequent ``MAX_WORDS``)."""
+        texts = list(texts)
         counts = Counter(texts)
         words = {t for t, n in counts.items() if n >= min_count and t and " " not in t}
         joined = {t for t in counts if len(t.split(" ")) > 1 and all(w in words for w in t.split(" "))}
-        return cls(words, joined, min_count)
+        seen, first, last = _word_places(texts)
+        often = [w for w, n in seen.most_common() if n >= min_count]
+        return cls(words, joined, min_count, [w for w in often if first[w] >= EDGE * seen[w]][:MAX_WORDS],
+                   [w for w in often if last[w] >= EDGE * seen[w]][:MAX_WORDS])
 
     def parts(self, text: str) -> list[str] | None:
-        """The words ``text`` splits into, or None when it stays one line."""
+        """The lines ``text`` splits into (each one or more words), or None when it stays one:
+        one per word when every word is a line of its own in the labels; else a break before
+        each word that always begins a label and after each that always ends one."""
         words = text.split(" ")
-        if len(words) < 2 or text in self.joined or not all(w in self.words for w in words):
+        if len(words) < 2 or "" in words or text in self.joined:
             return None
-        return words
+        if all(w in self.words for w in words):
+            return words
+        parts = [[words[0]]]
+        for before, word in itertools.pairwise(words):
+            if before in self.last or word in self.first:
+                parts.append([word])
+            else:
+                parts[-1].append(word)
+        return [" ".join(p) for p in parts] if len(parts) > 1 else None
 
     def to_json(self) -> dict[str, Any]:
-        return {"min_count": self.min_count, "words": sorted(self.words), "joined": sorted(self.joined)}
+        return {"min_count": self.min_count, "words": sorted(self.words), "joined": sorted(self.joined),
+                "first": sorted(self.first), "last": sorted(self.last)}
 
     @classmethod
     def from_json(cls, doc: Any) -> LineSplitter:
         """The manifest's ``recognizer.decoder.split_lines``; ValueError names the bad field."""
         words, joined, min_count = _section(doc, "split_lines", ("words", "joined"))
-        if any(" " in w for w in words):
-            raise ValueError("split_lines.words: a word with a space")
-        return cls(words, joined, min_count)
+        if isinstance(doc, dict) and ("first" in doc or "last" in doc):  # bundles before them have neither
+            first, last, _ = _section(doc, "split_lines", ("first", "last"))
+        else:
+            first, last = [], []
+        for name, values in (("words", words), ("first", first), ("last", last)):
+            if any(" " in w for w in values):
+                raise ValueError(f"split_lines.{name}: a word with a space")
+        return cls(words, joined, min_count, first, last)
 
 
 class LineJoiner:
@@ -101,14 +127,7 @@ class LineJoiner:
         frequent = [t for t, n in counts.most_common() if n >= min_count]
         labels = [t for t in frequent if " " in t][:MAX_WORDS]
         pieces = cls(labels, (), (), (), min_count).pieces
-        seen: Counter[str] = Counter()
-        first: Counter[str] = Counter()
-        last: Counter[str] = Counter()
-        for text in texts:
-            words = text.split(" ")
-            seen.update(words)
-            first[words[0]] += 1
-            last[words[-1]] += 1
+        seen, first, last = _word_places(texts)
         often = [w for w, n in seen.most_common() if n >= min_count]
         not_first = [w for w in often if seen[w] - first[w] >= INSIDE * seen[w]][:MAX_WORDS]
         not_last = [w for w in often if seen[w] - last[w] >= INSIDE * seen[w]][:MAX_WORDS]
@@ -181,6 +200,22 @@ class LineJoiner:
         if any(" " in w for w in (*not_first, *not_last)):
             raise ValueError("join_lines.not_first / not_last: a word with a space")
         return cls(labels, whole, not_first, not_last, min_count)
+
+
+def _word_places(texts: Iterable[str]) -> tuple[Counter[str], Counter[str], Counter[str]]:
+    """How often each word of the labels occurs, and how often as its label's first and last
+    word (labels with an empty word, from doubled spaces, left out)."""
+    seen: Counter[str] = Counter()
+    first: Counter[str] = Counter()
+    last: Counter[str] = Counter()
+    for text in texts:
+        words = text.split(" ")
+        if "" in words:
+            continue
+        seen.update(words)
+        first[words[0]] += 1
+        last[words[-1]] += 1
+    return seen, first, last
 
 
 def _section(doc: Any, name: str, lists: tuple[str, str]) -> tuple[list[str], list[str], int]:

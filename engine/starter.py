@@ -27,7 +27,8 @@ models:
   postprocess: {{thresh: 0.3, box_thresh: 0.6, unclip_ratio: 1.5}}
   # Read with a character n-gram of your labels (their keys, units, formats) in a CTC beam search;
   # contexts it never saw leave the recognizer's reading alone. greedy: without it. split_lines: a
-  # box read as words your labels keep as lines of their own (20+ times; marks like `CE UL`) is split.
+  # box read as words your labels keep as lines of their own (20+ times; marks like `CE UL`) is split,
+  # and any box breaks where your labels always begin or end a line (`... m3/min | MFD: 2000/04`).
   # join_lines: a box and the next along its line become one line when they read as a label of yours
   # (5+ times) or your labels put no break between their words (`WEIMAG | GMBH`).
   decoder: {{type: lm, split_lines: 20, join_lines: 5}}

@@ -191,7 +191,9 @@ class DecoderSpec(Strict):
         0, ge=0, le=1_000_000,
         description="split a reading into one line per word when every word is a whole label at "
                     "least this many times in the training labels and the reading never is "
-                    "(marks like `CE UL` the detector merged); 0: off")
+                    "(marks like `CE UL` the detector merged), else before each word seen as often "
+                    "that always begins its label and after each that always ends one (`m3/min | "
+                    "MFD: 2000/04`); 0: off")
     join_lines: int = Field(
         0, ge=0, le=1_000_000,
         description="read a box and the next along its line as one line when their readings, "

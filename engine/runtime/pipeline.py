@@ -297,7 +297,7 @@ class OCRPipeline:
 
     def _split(self, pts: np.ndarray, crop: np.ndarray, text: str,
                plain: str | None) -> list[tuple[np.ndarray, str, str | None]]:
-        """(box, text, greedy text) of each line a detected box becomes: itself, or one per word
+        """(box, text, greedy text) of each line a detected box becomes: itself, or one per part
         when ``split_lines`` says the labels keep its words apart (engine/runtime/split.py).  The
         words are placed by the recognizer's best path over this crop alone (one more call, for
         the few boxes that split); a vertical line, a polygon that is no quadrilateral, or a path
@@ -404,8 +404,8 @@ class OCRPipeline:
     def predict(self, image_rgb_uint8: np.ndarray) -> list[dict[str, Any]]:
         """[{"points": [[x, y], ...], "text", "score" (text confidence), "box_score"}] in
         reading order, lines below ``min_text_score`` dropped.  With the decoder's
-        ``split_lines``, a box read as words the labels keep apart becomes one line per word; with
-        ``join_lines``, boxes along one line that read as a label together become one line."""
+        ``split_lines``, a box read as words the labels keep apart becomes one line per part; with
+        ``join_lines``, boxes along one line that the labels keep together become one line."""
         image = np.asarray(image_rgb_uint8)
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)

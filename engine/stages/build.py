@@ -145,13 +145,13 @@ def _decoder(ctx: StageContext, work: Path, charset: str) -> tuple[dict[str, Any
     if dec.type == "greedy" and not (dec.split_lines or dec.join_lines):
         return {"type": "greedy"}, {}  # nothing to count: the training labels stay unread
     texts = [ln.text for r in records(ctx, "train") for ln in r.lines if not ln.ignore and ln.text]
-    split = {}
+    rules = {}
     if dec.split_lines:
-        split["split_lines"] = LineSplitter.fit(texts, dec.split_lines).to_json()
+        rules["split_lines"] = LineSplitter.fit(texts, dec.split_lines).to_json()
     if dec.join_lines:
-        split["join_lines"] = LineJoiner.fit(texts, dec.join_lines).to_json()
+        rules["join_lines"] = LineJoiner.fit(texts, dec.join_lines).to_json()
     if dec.type == "greedy":
-        return {"type": "greedy", **split}, {}
+        return {"type": "greedy", **rules}, {}
     import hashlib
 
     from ..runtime.lm import CharNgram, save_lm
@@ -163,7 +163,7 @@ def _decoder(ctx: StageContext, work: Path, charset: str) -> tuple[dict[str, Any
     path.write_bytes(data)
     return ({"type": "lm", "file": LM_FILE, "sha256": hashlib.sha256(data).hexdigest(), "order": dec.order,
              "min_context": dec.min_context, "weight": dec.weight, "length_bonus": dec.length_bonus,
-             "beam": dec.beam, "lines": len(texts), **split}, {LM_FILE: path})
+             "beam": dec.beam, "lines": len(texts), **rules}, {LM_FILE: path})
 
 
 def _manifest_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
